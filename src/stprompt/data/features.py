@@ -1,0 +1,162 @@
+"""The feature store: FEATURES/index.json plus one compressed `<video-id>.npz` per video.
+
+Each npz holds `x_clip` [T, D] float32, `x_patch` [T, 7, 7, D] float32, `frames` [T] int64 (native frame
+index of each snippet) and, when extracted with scale B, `x_patch_b` [T, 4, 4, D]. The index carries the
+ClipSpec and the sha256 of the weights that made the features, the sampling stride, the classes and a
+copy of every video's annotation, so training and evaluation need nothing but this folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..fileio import atomic_write_bytes, atomic_write_json
+from .annotations import Annotations, Video, from_json
+
+FORMAT = "stprompt-features/1"
+REQUIRED_ARRAYS = ("x_clip", "x_patch", "frames")
+
+
+class FeatureStore:
+    """A folder of per-video feature files with an index; safe to resume and to read while written."""
+
+    def __init__(self, root: str | os.PathLike, index: dict[str, Any]):
+        self.root = Path(root)
+        self.index = index
+
+    # -- creation / opening -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike,
+        *,
+        clip: str,
+        clip_sha256: str,
+        dim: int,
+        stride: int,
+        scale_b: bool,
+        classes: list[str],
+        fps: float,
+    ) -> FeatureStore:
+        """Open FEATURES for writing; an existing store must have been made the same way (resume)."""
+        root = Path(root)
+        meta = {
+            "format": FORMAT,
+            "clip": clip,
+            "clip_sha256": clip_sha256,
+            "dim": int(dim),
+            "stride": int(stride),
+            "scale_b": bool(scale_b),
+            "classes": list(classes),
+            "fps": float(fps),
+        }
+        if (root / "index.json").exists():
+            store = cls.open(root)
+            for key in ("clip_sha256", "dim", "stride", "classes"):
+                if store.index.get(key) != meta[key]:
+                    raise UserError(
+                        f"{root} holds features made with {key}={store.index.get(key)!r}, "
+                        f"not {meta[key]!r}; use another --out folder"
+                    )
+            if scale_b and not store.index.get("scale_b"):
+                raise UserError(f"{root} was extracted without --scale-b; use another --out folder")
+            return store
+        root.mkdir(parents=True, exist_ok=True)
+        store = cls(root, {**meta, "videos": {}})
+        store._save_index()
+        return store
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> FeatureStore:
+        root = Path(root)
+        path = root / "index.json"
+        if not path.is_file():
+            raise UserError(f"{root} is not a feature folder (no index.json); run stp-extract first")
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} is corrupt: {err}") from None
+        if index.get("format") != FORMAT:
+            raise UserError(f"{path}: unknown format {index.get('format')!r}, expected {FORMAT!r}")
+        return cls(root, index)
+
+    # -- metadata -----------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.index["classes"])
+
+    @property
+    def stride(self) -> int:
+        return int(self.index["stride"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.index["dim"])
+
+    def annotations(self) -> Annotations:
+        """The annotations of every video in the store (copied at extraction time)."""
+        doc = {
+            "format": "stprompt-annotations/1",
+            "classes": self.classes,
+            "fps": self.index["fps"],
+            "videos": [e["video"] for e in self.index["videos"].values()],
+        }
+        return from_json(doc)
+
+    def videos(self, split: str = "all") -> list[Video]:
+        return self.annotations().split(split)
+
+    def n_snippets(self, video_id: str) -> int:
+        return int(self.index["videos"][video_id]["n_snippets"])
+
+    # -- per video ----------------------------------------------------------------------------------
+    def has(self, video_id: str) -> bool:
+        entry = self.index["videos"].get(video_id)
+        return entry is not None and (self.root / entry["file"]).is_file()
+
+    def write(self, video: Video, arrays: dict[str, np.ndarray], n_frames: int) -> None:
+        """Write one video's features atomically, then record it in the index."""
+        for name in REQUIRED_ARRAYS:
+            if name not in arrays:
+                raise ValueError(f"feature arrays need {name!r}")
+        t = len(arrays["frames"])
+        if arrays["x_clip"].shape != (t, self.dim) or arrays["x_patch"].shape != (t, 7, 7, self.dim):
+            raise ValueError(
+                f"bad feature shapes x_clip {arrays['x_clip'].shape}, x_patch {arrays['x_patch'].shape}"
+            )
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        file = f"{video.id}.npz"
+        atomic_write_bytes(self.root / file, buf.getvalue())
+        self.index["videos"][video.id] = {
+            "file": file,
+            "n_snippets": t,
+            "n_frames": int(n_frames),
+            "video": video.to_json(),
+        }
+        self._save_index()
+
+    def load(self, video_id: str) -> dict[str, np.ndarray]:
+        entry = self.index["videos"].get(video_id)
+        if entry is None:
+            raise UserError(f"video {video_id!r} is not in {self.root}")
+        path = self.root / entry["file"]
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is unreadable ({err}); delete it and rerun stp-extract") from None
+        for name in ("x_clip", "x_patch"):
+            if not np.isfinite(arrays[name]).all():
+                raise UserError(f"{path}: {name} contains NaN or inf; re-extract this video")
+        return arrays
+
+    def _save_index(self) -> None:
+        atomic_write_json(self.root / "index.json", self.index)
