@@ -128,9 +128,7 @@ class FeatureStore:
                 raise ValueError(f"feature arrays need {name!r}")
         t = len(arrays["frames"])
         if arrays["x_clip"].shape != (t, self.dim) or arrays["x_patch"].shape != (t, 7, 7, self.dim):
-            raise ValueError(
-                f"bad feature shapes x_clip {arrays['x_clip'].shape}, x_patch {arrays['x_patch'].shape}"
-            )
+            raise ValueError(f"bad feature shapes x_clip {arrays['x_clip'].shape}, x_patch {arrays['x_patch'].shape}")
         buf = io.BytesIO()
         np.savez_compressed(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
         file = f"{video.id}.npz"

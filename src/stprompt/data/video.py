@@ -1,0 +1,92 @@
+"""Video decoding for the offline verbs: sequential decode, sampled frames, clear errors."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from ..errors import UserError
+
+T = TypeVar("T")
+
+
+def open_capture(path: str | Path) -> cv2.VideoCapture:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"video not found: {p}")
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        raise UserError(f"cannot open video {p} (not a video, or a codec OpenCV lacks)")
+    return cap
+
+
+class SampledFrames:
+    """Iterate (native frame index, BGR frame) for frames k*stride + stride//2 of a video.
+
+    After iteration `n_frames` holds the number of decoded frames; snippets whose `stride` frames are not
+    all present (the tail) are the caller's to drop: see `windows.snippet_frame_indices`.
+    """
+
+    def __init__(self, path: str | Path, stride: int):
+        self.path = Path(path)
+        self.stride = stride
+        self.n_frames = 0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        cap = open_capture(self.path)
+        offset = self.stride // 2
+        try:
+            index = 0
+            while True:
+                if index % self.stride == offset:
+                    ok, frame = cap.read()
+                    if not ok:
+                        break
+                    yield index, frame
+                elif not cap.grab():
+                    break
+                index += 1
+            self.n_frames = index
+        finally:
+            cap.release()
+
+
+def prefetch(items: Iterable[T], fn: Callable[[T], object], depth: int = 4) -> Iterator[object]:
+    """Yield fn(item) computed in a background thread, `depth` items ahead (decode/preprocess overlap)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, fn(item)))
+            q.put((True, done))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer thread
+            q.put((False, err))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = q.get()
+            if not ok:
+                raise value
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

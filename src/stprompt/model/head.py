@@ -1,0 +1,58 @@
+"""The STPrompt temporal detection head: SA2 -> distance adapter -> C-branch and A-branch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapter import DistanceAdapterLayer
+from .config import HeadConfig
+from .sa2 import sa2
+
+
+@dataclass
+class HeadOutput:
+    score_c: torch.Tensor  # [B, T] C-branch anomaly probability A
+    logits: torch.Tensor  # [B, T, 1 + C] A-branch alignment logits M / tau
+    probs: torch.Tensor  # [B, T, 1 + C] softmax(logits)
+    score: torch.Tensor  # [B, T] 1 - probs[..., normal]
+
+
+class STPromptHead(nn.Module):
+    """Everything after the frozen image encoder, given the (1 + C) x D prompt embeddings."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.adapter = nn.ModuleList(
+            [DistanceAdapterLayer(cfg.dim, cfg.sigma, cfg.radius) for _ in range(cfg.layers if cfg.use_adapter else 0)]
+        )
+        self.c_branch = nn.Linear(cfg.dim, 1)
+
+    def aggregate(self, x_patch: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x_AS from x_patch [B, T, 7, 7, D] (zeros when SA2 is switched off)."""
+        if not self.cfg.use_sa2:
+            return torch.zeros(x_patch.shape[:2] + x_patch.shape[-1:], dtype=x_patch.dtype, device=x_patch.device)
+        return sa2(x_patch, lengths, self.cfg.topk_windows)
+
+    def forward_features(
+        self, x_clip: torch.Tensor, x_as: torch.Tensor, mask: torch.Tensor, prompts: torch.Tensor
+    ) -> HeadOutput:
+        """x_clip, x_as [B, T, D]; mask [B, T] (1 = valid snippet); prompts [1 + C, D]."""
+        x = x_clip + x_as
+        for layer in self.adapter:
+            x = layer(x, mask)
+        score_c = torch.sigmoid(self.c_branch(x)).squeeze(-1)
+        visual = nn.functional.normalize(x_clip + x, dim=-1)
+        text = nn.functional.normalize(prompts, dim=-1)
+        logits = visual @ text.t() / self.cfg.tau_align
+        probs = torch.softmax(logits, dim=-1)
+        return HeadOutput(score_c=score_c, logits=logits, probs=probs, score=1.0 - probs[..., 0])
+
+    def forward(
+        self, x_clip: torch.Tensor, x_patch: torch.Tensor, mask: torch.Tensor, prompts: torch.Tensor
+    ) -> HeadOutput:
+        lengths = mask.sum(dim=1).long()
+        return self.forward_features(x_clip, self.aggregate(x_patch, lengths), mask, prompts)

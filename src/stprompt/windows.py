@@ -1,0 +1,145 @@
+"""The one definition of frame resize, window geometry and encoder-batch construction.
+
+Extraction, training data, the runtime and export all call these functions, so offline features and
+runtime features agree to float tolerance (preprocessing drift is the classic deployment bug).
+
+SPEC.md: the whole uint8 BGR frame is resized to 224x224 with OpenCV INTER_CUBIC (aspect not kept);
+windows of size P and stride S are cut from that uint8 image and each resized to 224x224 the same way;
+then BGR -> RGB, /255 and CLIP mean/std. Scale A (32/32) gives a 7x7 grid, scale B (80/48) a 4x4 grid.
+
+Vectorisation: instead of one cv2.resize per window, the windows of a scale are laid out as a mosaic in
+which every tile carries a replicated border (OpenCV's own border rule) and starts at a pixel that maps
+to a whole output pixel; one cv2.resize of the mosaic then yields every window bit-identical to resizing
+it alone (tested against the per-window reference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import cv2
+import numpy as np
+
+from .clip.constants import IMAGE_SIZE, MEAN_RGB, STD_RGB
+
+RESAMPLER = "cv2.INTER_CUBIC"
+_INTERP = cv2.INTER_CUBIC
+_CUBIC_SUPPORT = 2  # source pixels a bicubic tap reaches beyond the sampled position
+
+
+@dataclass(frozen=True)
+class WindowScale:
+    """Square windows of `size` pixels every `stride` pixels on the 224x224 frame."""
+
+    size: int
+    stride: int
+    _plan: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.size <= IMAGE_SIZE or self.stride <= 0 or (IMAGE_SIZE - self.size) % self.stride:
+            raise ValueError(f"window size {self.size} / stride {self.stride} do not tile {IMAGE_SIZE} pixels")
+
+    @property
+    def grid(self) -> int:
+        return (IMAGE_SIZE - self.size) // self.stride + 1
+
+    @property
+    def count(self) -> int:
+        return self.grid * self.grid
+
+    def boxes(self) -> np.ndarray:
+        """[count, 4] window boxes (x1, y1, x2, y2) on the 224x224 frame, row-major."""
+        starts = np.arange(self.grid) * self.stride
+        ys, xs = np.meshgrid(starts, starts, indexing="ij")
+        x1, y1 = xs.ravel(), ys.ravel()
+        return np.stack([x1, y1, x1 + self.size, y1 + self.size], axis=1).astype(np.float32)
+
+    def frame_boxes(self, width: int, height: int) -> np.ndarray:
+        """Window boxes in the pixels of a width x height source frame."""
+        b = self.boxes()
+        return b * np.array([width, height, width, height], np.float32) / IMAGE_SIZE
+
+    def mosaic_plan(self) -> tuple[np.ndarray, int, int]:
+        """(source index per mosaic row/column, output pitch, output offset) for the one-resize trick."""
+        if not self._plan:
+            scale = Fraction(IMAGE_SIZE, self.size)
+            step = scale.denominator  # tile starts must be multiples of this to land on whole pixels
+            pad = math.ceil(_CUBIC_SUPPORT / step) * step
+            pitch = self.size + 2 * pad
+            rel = np.clip(np.arange(pitch) - pad, 0, self.size - 1)
+            index = np.concatenate([k * self.stride + rel for k in range(self.grid)]).astype(np.intp)
+            self._plan.update(index=index, pitch=int(pitch * scale), offset=int(pad * scale))
+        return self._plan["index"], self._plan["pitch"], self._plan["offset"]
+
+
+SCALE_A = WindowScale(32, 32)  # 7x7 -> x_patch
+SCALE_B = WindowScale(80, 48)  # 4x4 -> localization only
+
+
+def resize_frame(frame_bgr: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 BGR frame -> 224 x 224 x 3 uint8 BGR (bicubic, aspect not kept)."""
+    if frame_bgr.dtype != np.uint8 or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame_bgr.dtype} {frame_bgr.shape}")
+    if frame_bgr.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
+        return np.ascontiguousarray(frame_bgr)
+    return cv2.resize(frame_bgr, (IMAGE_SIZE, IMAGE_SIZE), interpolation=_INTERP)
+
+
+def window_crops(frame224: np.ndarray, scale: WindowScale) -> np.ndarray:
+    """[count, 224, 224, 3] uint8 windows of a 224x224 frame, each resized to 224 (may be a strided view)."""
+    index, pitch, offset = scale.mosaic_plan()
+    mosaic = frame224[index][:, index]
+    side = pitch * scale.grid
+    out = cv2.resize(mosaic, (side, side), interpolation=_INTERP)
+    tiles = out.reshape(scale.grid, pitch, scale.grid, pitch, 3)[
+        :, offset : offset + IMAGE_SIZE, :, offset : offset + IMAGE_SIZE
+    ]
+    return tiles.transpose(0, 2, 1, 3, 4).reshape(scale.count, IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def window_crops_reference(frame224: np.ndarray, scale: WindowScale) -> np.ndarray:
+    """Per-window cv2.resize: the definition `window_crops` must reproduce exactly (tests only)."""
+    out = []
+    for x1, y1, x2, y2 in scale.boxes().astype(int):
+        out.append(cv2.resize(frame224[y1:y2, x1:x2], (IMAGE_SIZE, IMAGE_SIZE), interpolation=_INTERP))
+    return np.stack(out)
+
+
+_GAIN = (1.0 / (255.0 * np.asarray(STD_RGB, np.float64))).astype(np.float32)
+_BIAS = (-np.asarray(MEAN_RGB, np.float64) / np.asarray(STD_RGB, np.float64)).astype(np.float32)
+
+
+def normalize(crops_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """[N, 224, 224, 3] uint8 BGR -> [N, 3, 224, 224] float32 RGB with CLIP mean/std (into `out` if given)."""
+    n = crops_bgr.shape[0]
+    if out is None:
+        out = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    for c in range(3):  # RGB channel c is BGR channel 2 - c
+        np.multiply(crops_bgr[..., 2 - c], _GAIN[c], out=out[:, c], dtype=np.float32)
+        out[:, c] += _BIAS[c]
+    return out
+
+
+def crops_per_frame(scale_b: bool = False) -> int:
+    return 1 + SCALE_A.count + (SCALE_B.count if scale_b else 0)
+
+
+def frame_crops(frame_bgr: np.ndarray, scale_b: bool = False) -> np.ndarray:
+    """The uint8 crops of one sampled frame in encoder order: full frame, scale-A windows, (scale-B)."""
+    small = resize_frame(frame_bgr)
+    parts = [small[None], window_crops(small, SCALE_A)]
+    if scale_b:
+        parts.append(window_crops(small, SCALE_B))
+    return np.concatenate(parts, axis=0)
+
+
+def encoder_batch(frame_bgr: np.ndarray, scale_b: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+    """[1 + 49 (+16), 3, 224, 224] float32 encoder input for one sampled frame."""
+    return normalize(frame_crops(frame_bgr, scale_b), out=out)
+
+
+def snippet_frame_indices(n_frames: int, stride: int) -> np.ndarray:
+    """Native frame index of each snippet: k*stride + stride//2, dropping the tail shorter than stride."""
+    return np.arange(n_frames // stride, dtype=np.int64) * stride + stride // 2
