@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix(crops_per_s=f"{crops / (time.perf_counter() - start):.0f}")
     done = len(todo) - len(failed)
     print(
-        f"stp-extract: {done} extracted, {len(videos) - len(todo)} already there, {len(failed)} failed "
-        f"-> {args.out}",
+        f"stp-extract: {done} extracted, {len(videos) - len(todo)} already there, {len(failed)} failed -> {args.out}",
         file=sys.stderr,
     )
     return 1 if failed else 0

@@ -79,7 +79,7 @@ def load_clip(spec: ClipSpec | str) -> LoadedClip:
             raise UserError(f"CLIP weights file not found: {path}")
         try:
             model = open_clip.create_model(spec.arch, pretrained=str(path))
-        except (RuntimeError, KeyError, ValueError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - any failure to read the user's file is their error to fix
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(f"cannot load {path} into {spec.arch}: {first}") from None
     else:

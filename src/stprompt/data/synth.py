@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,17 +54,19 @@ _ONE = 1 << _SHIFT
 _AA = cv2.LINE_AA
 
 Color = tuple[int, int, int]
+Pt = tuple[float, float]
+Pts = list[Pt]
 
 
 # ------------------------------------------------------------------------------------------------------
 # drawing helpers: everything drawn for an anomaly also goes into a mask, which defines its box
 # ------------------------------------------------------------------------------------------------------
 def _fx(v: float) -> int:
-    return int(round(v * _ONE))
+    return math.floor(v * _ONE + 0.5)
 
 
 def _fpt(x: float, y: float) -> tuple[int, int]:
-    return _fx(x), _fx(y)
+    return math.floor(x * _ONE + 0.5), math.floor(y * _ONE + 0.5)
 
 
 class _Pen:
@@ -70,29 +76,31 @@ class _Pen:
         self.img = img
         self.mask = mask
 
-    def poly(self, pts: np.ndarray, color: Color) -> None:
-        p = np.round(np.asarray(pts, dtype=np.float64) * _ONE).astype(np.int32)
+    def poly(self, pts: Pts, color: Color) -> None:
+        p = np.array([(math.floor(a * _ONE + 0.5), math.floor(b * _ONE + 0.5)) for a, b in pts], np.int32)
         cv2.fillConvexPoly(self.img, p, color, _AA, _SHIFT)
         if self.mask is not None:
             cv2.fillConvexPoly(self.mask, p, 255, _AA, _SHIFT)
 
-    def line(self, a: tuple[float, float], b: tuple[float, float], color: Color, thick: int) -> None:
-        cv2.line(self.img, _fpt(*a), _fpt(*b), color, max(1, thick), _AA, _SHIFT)
+    def line(self, a: Pt, b: Pt, color: Color, thick: int) -> None:
+        pa, pb = _fpt(*a), _fpt(*b)
+        cv2.line(self.img, pa, pb, color, thick, _AA, _SHIFT)
         if self.mask is not None:
-            cv2.line(self.mask, _fpt(*a), _fpt(*b), 255, max(1, thick), _AA, _SHIFT)
+            cv2.line(self.mask, pa, pb, 255, thick, _AA, _SHIFT)
 
-    def circle(self, c: tuple[float, float], r: float, color: Color) -> None:
-        cv2.circle(self.img, _fpt(*c), max(_fx(r), _ONE // 2), color, -1, _AA, _SHIFT)
+    def circle(self, c: Pt, r: float, color: Color) -> None:
+        pc, pr = _fpt(*c), max(_fx(r), _ONE // 2)
+        cv2.circle(self.img, pc, pr, color, -1, _AA, _SHIFT)
         if self.mask is not None:
-            cv2.circle(self.mask, _fpt(*c), max(_fx(r), _ONE // 2), 255, -1, _AA, _SHIFT)
+            cv2.circle(self.mask, pc, pr, 255, -1, _AA, _SHIFT)
 
-    def ellipse(self, c: tuple[float, float], axes: tuple[float, float], color: Color) -> None:
+    def ellipse(self, c: Pt, axes: Pt, color: Color) -> None:
         ax = (max(_fx(axes[0]), _ONE // 2), max(_fx(axes[1]), _ONE // 2))
         cv2.ellipse(self.img, _fpt(*c), ax, 0, 0, 360, color, -1, _AA, _SHIFT)
         if self.mask is not None:
             cv2.ellipse(self.mask, _fpt(*c), ax, 0, 0, 360, 255, -1, _AA, _SHIFT)
 
-    def soft_circle(self, c: tuple[float, float], r: float, color: Color, alpha: float) -> None:
+    def soft_circle(self, c: Pt, r: float, color: Color, alpha: float) -> None:
         """A translucent disc (smoke), blended inside its own small region of interest."""
         h, w = self.img.shape[:2]
         x0, y0 = max(0, int(c[0] - r) - 2), max(0, int(c[1] - r) - 2)
@@ -108,13 +116,15 @@ class _Pen:
             np.maximum(self.mask[y0:y1, x0:x1], m, out=self.mask[y0:y1, x0:x1])
 
 
-def _rot(pts: np.ndarray, angle: float, x: float, y: float) -> np.ndarray:
-    """Rotate local points (y up is negative, as in images) by `angle` and move the origin to (x, y)."""
+def _rot(pts: Pts, angle: float, x: float, y: float, flip: int = 1) -> Pts:
+    """Mirror local points by `flip`, rotate them by `angle` and move the origin to (x, y).
+
+    Plain Python on purpose: shapes have 2-14 points, where numpy's per-call overhead dominates.
+    """
+    if angle == 0.0:
+        return [(flip * a + x, b + y) for a, b in pts]
     c, s = math.cos(angle), math.sin(angle)
-    out = np.empty_like(pts, dtype=np.float64)
-    out[:, 0] = pts[:, 0] * c - pts[:, 1] * s + x
-    out[:, 1] = pts[:, 0] * s + pts[:, 1] * c + y
-    return out
+    return [(flip * a * c - b * s + x, flip * a * s + b * c + y) for a, b in pts]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -177,12 +187,11 @@ def _draw_person(
         (0.0, -0.895 * h),  # 12 head centre
         (0.0, -0.93 * h),  # 13 hair
     ]
-    p = _rot(np.asarray(local), face * lean, x, y)
-    pt = [(float(a), float(b)) for a, b in p]
+    pt = _rot(local, face * lean, x, y)
     limb = max(1, int(round(0.085 * h)))
     pen.line(pt[0], pt[2], look.pants, limb)
     pen.line(pt[1], pt[3], look.pants, limb)
-    pen.poly(p[4:8], look.shirt)
+    pen.poly(pt[4:8], look.shirt)
     arm = max(1, int(round(0.065 * h)))
     pen.line(pt[8], pt[10], look.shirt, arm)
     pen.line(pt[9], pt[11], look.shirt, arm)
@@ -195,11 +204,12 @@ def _walk_pose(phase: float) -> tuple[tuple[float, float], tuple[float, float]]:
     return (0.45 * s, -0.45 * s), (-0.4 * s, 0.4 * s)
 
 
-@dataclass
 class _Vehicle:
-    length: float
-    color: Color
-    van: bool
+    """A car or van in side view; its shapes are built once, in local coordinates (origin: ground centre)."""
+
+    def __init__(self, length: float, color: Color, van: bool):
+        self.color, self.van = color, van
+        self.set_length(length)
 
     @staticmethod
     def random(rng: np.random.Generator, person_h: float) -> _Vehicle:
@@ -209,45 +219,40 @@ class _Vehicle:
         color = tuple(int(v) for v in np.clip(base, 0, 255))
         return _Vehicle(length, color, van)  # type: ignore[arg-type]
 
-    def draw(self, pen: _Pen, x: float, y: float, face: int, angle: float = 0.0, lights: bool = False) -> None:
-        """Side view; (x, y) is the ground point under the vehicle's centre."""
-        L = self.length
-        H = L * (0.42 if self.van else 0.34)
-        f = face
-        body = np.array([(-L / 2, -0.17 * H), (L / 2, -0.17 * H), (L / 2, -0.62 * H), (-L / 2, -0.62 * H)])
+    def set_length(self, length: float) -> None:
+        L = self.length = length
+        H = self.height = L * (0.42 if self.van else 0.34)
         if self.van:
-            cabin = np.array([(-0.48 * L, -0.6 * H), (0.47 * L, -0.6 * H), (0.36 * L, -H), (-0.47 * L, -H)])
-            win = [np.array([(0.06 * L, -0.66 * H), (0.4 * L, -0.66 * H), (0.33 * L, -0.93 * H),
-                             (0.06 * L, -0.93 * H)]),
-                   np.array([(-0.4 * L, -0.66 * H), (0.0, -0.66 * H), (0.0, -0.93 * H), (-0.4 * L, -0.93 * H)])]
+            cabin = [(-0.48 * L, -0.6 * H), (0.47 * L, -0.6 * H), (0.36 * L, -H), (-0.47 * L, -H)]
+            win = [[(0.06 * L, -0.66 * H), (0.4 * L, -0.66 * H), (0.33 * L, -0.93 * H), (0.06 * L, -0.93 * H)],
+                   [(-0.4 * L, -0.66 * H), (0.0, -0.66 * H), (0.0, -0.93 * H), (-0.4 * L, -0.93 * H)]]
         else:
-            cabin = np.array([(-0.33 * L, -0.6 * H), (0.25 * L, -0.6 * H), (0.12 * L, -H), (-0.24 * L, -H)])
-            win = [np.array([(0.0, -0.65 * H), (0.2 * L, -0.65 * H), (0.1 * L, -0.94 * H), (0.0, -0.94 * H)]),
-                   np.array([(-0.28 * L, -0.65 * H), (-0.03 * L, -0.65 * H), (-0.03 * L, -0.94 * H),
-                             (-0.21 * L, -0.94 * H)])]
-        shade = tuple(int(c * 0.7) for c in self.color)
+            cabin = [(-0.33 * L, -0.6 * H), (0.25 * L, -0.6 * H), (0.12 * L, -H), (-0.24 * L, -H)]
+            win = [[(0.0, -0.65 * H), (0.2 * L, -0.65 * H), (0.1 * L, -0.94 * H), (0.0, -0.94 * H)],
+                   [(-0.28 * L, -0.65 * H), (-0.03 * L, -0.65 * H), (-0.03 * L, -0.94 * H), (-0.21 * L, -0.94 * H)]]
+        body = [(-L / 2, -0.17 * H), (L / 2, -0.17 * H), (L / 2, -0.62 * H), (-L / 2, -0.62 * H)]
+        sill = [(-L / 2, -0.17 * H), (L / 2, -0.17 * H), (L / 2, -0.3 * H), (-L / 2, -0.3 * H)]
+        glass: Color = (95, 80, 60)
+        shade: Color = tuple(int(c * 0.7) for c in self.color)  # type: ignore[assignment]
+        self.shapes: list[tuple[Pts, Color]] = [(cabin, self.color), (body, self.color), (sill, shade)]
+        self.shapes += [(w, glass) for w in win]
+        self.wheels: Pts = [(-0.3 * L, -0.15 * H), (0.3 * L, -0.15 * H)]
+        self.lamps: Pts = [(0.48 * L, -0.5 * H), (-0.48 * L, -0.5 * H)]
 
-        def place(pts: np.ndarray) -> np.ndarray:
-            q = pts.copy()
-            q[:, 0] *= f
-            return _rot(q, angle, x, y)
-
-        pen.poly(place(cabin), self.color)  # type: ignore[arg-type]
-        pen.poly(place(body), self.color)
-        pen.poly(place(np.array([(-L / 2, -0.17 * H), (L / 2, -0.17 * H), (L / 2, -0.3 * H),
-                                 (-L / 2, -0.3 * H)])), shade)  # type: ignore[arg-type]
-        for w in win:
-            pen.poly(place(w), (95, 80, 60))
-        wheels = place(np.array([(-0.3 * L, -0.15 * H), (0.3 * L, -0.15 * H)]))
-        for wx, wy in wheels:
-            pen.circle((wx, wy), 0.16 * H, (25, 25, 25))
-            pen.circle((wx, wy), 0.07 * H, (150, 150, 150))
-        lamp = place(np.array([(0.48 * L, -0.5 * H), (-0.48 * L, -0.5 * H)]))
-        pen.circle(tuple(lamp[0]), 0.05 * H + 0.3, (190, 240, 250))
-        pen.circle(tuple(lamp[1]), 0.05 * H + 0.3, (40, 40, 200))
+    def draw(self, pen: _Pen, x: float, y: float, face: int, angle: float = 0.0, lights: bool = False) -> None:
+        """(x, y) is the ground point under the vehicle's centre; `face` +1 drives right, -1 left."""
+        H = self.height
+        for pts, color in self.shapes:
+            pen.poly(_rot(pts, angle, x, y, face), color)
+        for c in _rot(self.wheels, angle, x, y, face):
+            pen.circle(c, 0.16 * H, (25, 25, 25))
+            pen.circle(c, 0.07 * H, (150, 150, 150))
+        lamps = _rot(self.lamps, angle, x, y, face)
+        pen.circle(lamps[0], 0.05 * H + 0.3, (190, 240, 250))
+        pen.circle(lamps[1], 0.05 * H + 0.3, (40, 40, 200))
         if lights:  # hazard lights
-            for lx, ly in lamp:
-                pen.circle((lx, ly), 0.09 * H + 0.5, (0, 170, 255))
+            for c in lamps:
+                pen.circle(c, 0.09 * H + 0.5, (0, 170, 255))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -529,7 +534,7 @@ class _Arson(_Anomaly):
                 x = cx + rng.uniform(-0.35, 0.35) * w * scale
                 tw = w * scale * rng.uniform(0.3, 0.5)
                 th = hf * scale * rng.uniform(0.6, 1.0)
-                tri = np.array([(x - tw / 2, base), (x + tw / 2, base), (x + rng.normal(0, 0.1) * w, base - th)])
+                tri = [(x - tw / 2, base), (x + tw / 2, base), (x + rng.normal(0, 0.1) * w, base - th)]
                 pen.poly(tri, color)
 
 
@@ -542,7 +547,7 @@ class _Accident(_Anomaly):
         self.d = scene.lane_dir[1]  # car A drives in the near lane in direction d, car B comes the other way
         self.a = _Vehicle.random(rng, scene.person_h(self.near))
         self.b = _Vehicle.random(rng, scene.person_h(self.far))
-        self.b.length = self.a.length * rng.uniform(0.9, 1.05)
+        self.b.set_length(self.a.length * rng.uniform(0.9, 1.05))
         self.cx = rng.uniform(0.35, 0.65) * width
         self.va = rng.uniform(7, 12) * self.a.length / 4.5 / fps
         self.vb = rng.uniform(7, 12) * self.b.length / 4.5 / fps
@@ -597,7 +602,7 @@ class _Accident(_Anomaly):
             fn()
         if crashed:
             for dx, dy, r, a in self.debris:
-                sq = np.array([(-r, -r * 0.6), (r, -r * 0.6), (r, r * 0.6), (-r, r * 0.6)])
+                sq = [(-r, -r * 0.6), (r, -r * 0.6), (r, r * 0.6), (-r, r * 0.6)]
                 pen.poly(_rot(sq, a, self.cx + dx, self.near + dy), (60, 60, 65))
 
 
@@ -635,7 +640,7 @@ class _Explosion(_Anomaly):
             s = min(1.0, k / fly)
             x = cx + math.cos(ang) * dist * s
             y = cy - 0.1 * R + math.sin(ang) * 0.25 * dist * s - 4 * hop * s * (1 - s)
-            sq = np.array([(-size, -size), (size, -size), (size, size), (-size, size)])
+            sq = [(-size, -size), (size, -size), (size, size), (-size, size)]
             pen.poly(_rot(sq, ang + k * 0.5 * (1 - s), x, y), (40, 40, 45))
         if k < self.flash:
             p = (k + 1) / self.flash
@@ -684,6 +689,31 @@ class _Noise:
         cv2.subtract(frame, self.neg[i, dy : dy + h, dx : dx + w], dst=frame)
 
 
+class _Writer:
+    """mp4v encoding in a background thread: cv2 releases the GIL, so it overlaps with the drawing."""
+
+    def __init__(self, path: Path, fps: float, width: int, height: int):
+        self.path = path
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        if not self.writer.isOpened():
+            raise UserError(f"OpenCV cannot write {path} (mp4v)")
+        self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=8)
+        self.thread = threading.Thread(target=self._run, name=f"stp-synth-{path.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (frame := self.queue.get()) is not None:
+            self.writer.write(frame)
+
+    def write(self, frame: np.ndarray) -> None:
+        self.queue.put(frame)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self.writer.release()
+
+
 @dataclass
 class _Plan:
     split: str
@@ -707,9 +737,7 @@ def _render(plan: _Plan, scene: _Scene, noise: _Noise, path: Path, n_frames: int
         anomaly = _ANOMALIES[plan.label](rng, scene, W, fps, start, start + length)
     boxes: dict[int, list[list[float]]] = {}
     gain = 0.0
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (W, H))
-    if not writer.isOpened():
-        raise UserError(f"OpenCV cannot write {path} (mp4v)")
+    writer = _Writer(path, fps, W, H)
     mask = np.zeros((H, W), np.uint8)
     try:
         for t in range(n_frames):
@@ -737,9 +765,39 @@ def _render(plan: _Plan, scene: _Scene, noise: _Noise, path: Path, n_frames: int
             noise.apply(frame, rng)
             writer.write(frame)
     finally:
-        writer.release()
+        writer.close()
     spans = [(anomaly.start, anomaly.end)] if anomaly is not None else []
     return Video(path=f"videos/{plan.name}", split=plan.split, labels=[plan.label], anomalies=spans, boxes=boxes)
+
+
+_WORKER_STATE: tuple[list[_Scene], _Noise, Path, int, float] | None = None
+
+
+def _worker_init(scenes: list[_Scene], noise: _Noise, vdir: Path, n_frames: int, fps: float) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = (scenes, noise, vdir, n_frames, fps)
+
+
+def _worker_render(plan: _Plan) -> Video:
+    assert _WORKER_STATE is not None
+    scenes, noise, vdir, n_frames, fps = _WORKER_STATE
+    return _render(plan, scenes[plan.scene], noise, vdir / plan.name, n_frames, fps)
+
+
+def _render_all(
+    plans: list[_Plan], scenes: list[_Scene], noise: _Noise, vdir: Path, n_frames: int, fps: float,
+    workers: int | None,
+) -> list[Video]:
+    """Render every video, in worker processes when that pays (each video has its own seed: same output)."""
+    if workers is None:
+        small = len(plans) * n_frames * scenes[0].background.size < 3e8  # ~1 s of work
+        workers = 1 if small else min(os.cpu_count() or 1, len(plans), 8)
+    if workers <= 1 or len(plans) <= 1:
+        return [_render(p, scenes[p.scene], noise, vdir / p.name, n_frames, fps) for p in plans]
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch / CUDA threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(scenes, noise, vdir, n_frames, fps)) as pool:
+        return list(pool.map(_worker_render, plans))
 
 
 def _labels(n: int, anomaly_fraction: float) -> list[str]:
@@ -768,11 +826,13 @@ def generate(
     n_scenes: int = 3,
     anomaly_fraction: float = 0.5,
     seed: int = 0,
+    workers: int | None = None,
 ) -> Annotations:
     """Write `out_dir/videos/<split>_<idx>_<label>.mp4` and `out_dir/annotations.json`; same seed, same data.
 
     Old `videos/<split>_<idx>_<label>.mp4` files that the new dataset does not contain are removed, so a
-    rerun into the same folder never leaves stale videos behind.
+    rerun into the same folder never leaves stale videos behind. `workers` processes render videos in
+    parallel (default: one per CPU, in-process for tiny datasets); the output does not depend on it.
     """
     _check("n_train", n_train, 0)
     _check("n_test", n_test, 0)
@@ -807,7 +867,7 @@ def generate(
             plan.name = f"{split}_{i:0{digits}d}_{label}.mp4"
             plans.append(plan)
 
-    videos = [_render(p, scenes[p.scene], noise, vdir / p.name, n_frames, fps) for p in plans]
+    videos = _render_all(plans, scenes, noise, vdir, n_frames, fps, workers)
     keep = {p.name for p in plans}
     for old in vdir.iterdir():
         if VIDEO_NAME.match(old.name) and old.name not in keep:

@@ -49,7 +49,8 @@ class STPromptHead(nn.Module):
         text = nn.functional.normalize(prompts, dim=-1)
         logits = visual @ text.t() / self.cfg.tau_align
         probs = torch.softmax(logits, dim=-1)
-        return HeadOutput(score_c=score_c, logits=logits, probs=probs, score=1.0 - probs[..., 0])
+        # 1 - p_normal, summed over the anomaly classes so small scores keep their fp32 precision
+        return HeadOutput(score_c=score_c, logits=logits, probs=probs, score=probs[..., 1:].sum(dim=-1))
 
     def forward(
         self, x_clip: torch.Tensor, x_patch: torch.Tensor, mask: torch.Tensor, prompts: torch.Tensor

@@ -1,0 +1,59 @@
+"""Shared fixtures: a seeded stp-tiny CLIP and a tiny dataset of generated videos (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from stprompt.clip.loader import load_clip
+
+    return load_clip("stp-tiny")
+
+
+def write_video(path: Path, n_frames: int, size=(160, 120), seed: int = 0, blob: tuple[int, int] | None = None) -> None:
+    """A noisy static scene; frames in `blob` (start, end) carry a moving bright square."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(40, 200, (h, w, 3), dtype=np.uint8)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+    assert writer.isOpened()
+    for f in range(n_frames):
+        frame = np.clip(base.astype(np.int16) + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+        if blob and blob[0] <= f < blob[1]:
+            x = 10 + (f * 3) % (w - 40)
+            frame[40:70, x : x + 30] = (30, 220, 250)
+        writer.write(frame)
+    writer.release()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """4 train + 2 test videos of 40-56 frames at 160x120, classes normal + Fighting."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "videos").mkdir()
+    videos = []
+    specs = [
+        ("train", "normal", 48, None),
+        ("train", "normal", 40, None),
+        ("train", "Fighting", 56, (16, 40)),
+        ("train", "Fighting", 48, (8, 32)),
+        ("test", "normal", 44, None),
+        ("test", "Fighting", 48, (16, 40)),
+    ]
+    for i, (split, label, n, blob) in enumerate(specs):
+        rel = f"videos/{split}_{i}.mp4"
+        write_video(root / rel, n, seed=i, blob=blob)
+        entry = {"path": rel, "split": split, "label": label, "anomalies": []}
+        if blob:
+            entry["anomalies"] = [{"start": blob[0], "end": blob[1]}]
+        videos.append(entry)
+    doc = {"format": "stprompt-annotations/1", "classes": ["normal", "Fighting"], "fps": 25.0, "videos": videos}
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
