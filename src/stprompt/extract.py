@@ -30,6 +30,7 @@ class VideoFeatures:
     arrays: dict[str, np.ndarray]
     n_frames: int
     n_crops: int
+    size: tuple[int, int]  # (width, height) of the source frames
 
 
 def extract_video(path: Path, encode, stride: int, scale_b: bool, batch: int) -> VideoFeatures:
@@ -69,7 +70,7 @@ def extract_video(path: Path, encode, stride: int, scale_b: bool, batch: int) ->
     expected = windows.snippet_frame_indices(frames.n_frames, stride)
     if not np.array_equal(arrays["frames"], expected):
         raise UserError(f"{path}: decoder skipped frames (got {len(indices)} sampled frames, expected {t})")
-    return VideoFeatures(arrays=arrays, n_frames=frames.n_frames, n_crops=t * per_frame)
+    return VideoFeatures(arrays=arrays, n_frames=frames.n_frames, n_crops=t * per_frame, size=frames.size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_b=args.scale_b,
         classes=dataset.classes,
         fps=dataset.fps,
+        dataset=str(dataset.root.resolve()) if dataset.root else None,
     )
     todo = [v for v in videos if not store.has(v.id)]
     failed: list[str] = []
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(video.path)
             tqdm.write(f"stp-extract: skipped {video.path}: {err}", file=sys.stderr)
             continue
-        store.write(video, feats.arrays, feats.n_frames)
+        store.write(video, feats.arrays, feats.n_frames, size=feats.size)
         crops += feats.n_crops
         bar.set_postfix(crops_per_s=f"{crops / (time.perf_counter() - start):.0f}")
     done = len(todo) - len(failed)

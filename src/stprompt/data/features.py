@@ -44,6 +44,7 @@ class FeatureStore:
         scale_b: bool,
         classes: list[str],
         fps: float,
+        dataset: str | None = None,
     ) -> FeatureStore:
         """Open FEATURES for writing; an existing store must have been made the same way (resume)."""
         root = Path(root)
@@ -56,6 +57,7 @@ class FeatureStore:
             "scale_b": bool(scale_b),
             "classes": list(classes),
             "fps": float(fps),
+            "dataset": dataset,  # folder the video paths are relative to (for plots over frames)
         }
         if (root / "index.json").exists():
             store = cls.open(root)
@@ -113,6 +115,11 @@ class FeatureStore:
     def videos(self, split: str = "all") -> list[Video]:
         return self.annotations().split(split)
 
+    def frame_size(self, video_id: str) -> tuple[int, int] | None:
+        """(width, height) of the video's frames as decoded at extraction."""
+        size = self.index["videos"][video_id].get("size")
+        return (int(size[0]), int(size[1])) if size else None
+
     def n_snippets(self, video_id: str) -> int:
         return int(self.index["videos"][video_id]["n_snippets"])
 
@@ -121,7 +128,9 @@ class FeatureStore:
         entry = self.index["videos"].get(video_id)
         return entry is not None and (self.root / entry["file"]).is_file()
 
-    def write(self, video: Video, arrays: dict[str, np.ndarray], n_frames: int) -> None:
+    def write(
+        self, video: Video, arrays: dict[str, np.ndarray], n_frames: int, size: tuple[int, int] | None = None
+    ) -> None:
         """Write one video's features atomically, then record it in the index."""
         for name in REQUIRED_ARRAYS:
             if name not in arrays:
@@ -137,6 +146,7 @@ class FeatureStore:
             "file": file,
             "n_snippets": t,
             "n_frames": int(n_frames),
+            "size": list(size) if size else None,
             "video": video.to_json(),
         }
         self._save_index()

@@ -37,6 +37,7 @@ class SampledFrames:
         self.path = Path(path)
         self.stride = stride
         self.n_frames = 0
+        self.size: tuple[int, int] | None = None  # (width, height) of the decoded frames
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         cap = open_capture(self.path)
@@ -48,6 +49,7 @@ class SampledFrames:
                     ok, frame = cap.read()
                     if not ok:
                         break
+                    self.size = (frame.shape[1], frame.shape[0])
                     yield index, frame
                 elif not cap.grab():
                     break
