@@ -19,6 +19,7 @@ from .data.annotations import NORMAL, Video
 from .data.features import FeatureStore
 from .errors import UserError, cli_entry
 from .fileio import atomic_write_json
+from .localize.predict import VideoBoxes
 from .metrics import frame_ap, frame_auc, snippet_to_frames
 
 
@@ -146,8 +147,126 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint written by stp-train")
     p.add_argument("--split", choices=("train", "test", "all"), default="test", help="videos to evaluate")
     p.add_argument("--predictions", help="write per-video frames, scores, scores_c and probs to this JSON file")
-    p.add_argument("--plots", help="write a score-curve PNG per video into this folder")
+    p.add_argument("--plots", help="write a score-curve PNG per video (and localization frames) into this folder")
+    loc = p.add_argument_group("localization (SPEC.md, training-free spatial localization)")
+    loc.add_argument("--localize", action="store_true", help="boxes for alarmed snippets and TIoU (--scale-b features)")
+    loc.add_argument("--queries", help="query bank JSON (default: built-in, the paper's examples)")
+    loc.add_argument(
+        "--heat-source",
+        choices=("queries", "prompts"),
+        default="queries",
+        help="queries: the text query bank (STPrompt); prompts: the learned A-branch prompts (VadCLIP-style baseline)",
+    )
+    loc.add_argument("--tau-loc", type=float, default=0.01, help="softmax temperature over queries")
+    loc.add_argument("--fusion-lambda", type=float, default=0.5, help="weight of scale A in the fused map")
+    loc.add_argument("--heat-threshold", type=float, default=0.5, help="heat above which pixels form boxes")
+    loc.add_argument("--min-box-area", type=float, default=0.001, help="smallest box, as a fraction of the frame")
+    loc.add_argument("--alarm-threshold", type=float, default=0.5, help="snippet score that triggers localization")
+    loc.add_argument("--tiou-theta", type=float, default=0.5, help="TIoU counts a frame only if its score >= theta")
+    loc.add_argument(
+        "--tiou-best", choices=("iou", "score"), default="iou", help="which predicted box is compared to the GT box"
+    )
+    loc.add_argument("--plot-frames", type=int, default=4, help="localization frames drawn per video with --plots")
     return p
+
+
+def localization_settings(args: argparse.Namespace):
+    from .localize.heat import LocalizeSettings
+
+    if not 0 <= args.fusion_lambda <= 1 or args.tau_loc <= 0 or not 0 <= args.min_box_area < 1:
+        raise UserError("need 0 <= --fusion-lambda <= 1, --tau-loc > 0 and 0 <= --min-box-area < 1")
+    return LocalizeSettings(
+        tau_loc=args.tau_loc,
+        fusion_lambda=args.fusion_lambda,
+        heat_threshold=args.heat_threshold,
+        min_box_area=args.min_box_area,
+    )
+
+
+def load_queries(args: argparse.Namespace, ckpt):
+    from .localize.queries import encode_bank, load_bank, prompt_queries
+
+    if args.heat_source == "prompts":
+        return prompt_queries(ckpt.prompt_features.numpy(), ckpt.classes)
+    from .clip.loader import check_same_weights, load_clip
+
+    bank = load_bank(args.queries)
+    clip = load_clip(ckpt.clip)
+    check_same_weights(ckpt.clip_sha256, clip.sha256, "the checkpoint", ckpt.clip)
+    return encode_bank(clip.model, bank, ckpt.classes)
+
+
+def run_localization(args: argparse.Namespace, ckpt, store: FeatureStore, preds: list[VideoPrediction]):
+    """Boxes for alarmed snippets of every video; TIoU over every ground-truth box frame."""
+    from .localize.predict import localize_snippets, video_tiou_terms
+
+    if not store.index.get("scale_b"):
+        raise UserError(f"{store.root} has no scale-B windows; extract with stp-extract --scale-b for --localize")
+    settings = localization_settings(args)
+    queries = load_queries(args, ckpt)
+    located: dict[str, VideoBoxes] = {}
+    context = (queries, settings)
+    terms: list[float] = []
+    n_boxes = 0
+    for p in preds:
+        size = store.frame_size(p.video.id)
+        if size is None:
+            raise UserError(f"{store.root} does not record frame sizes; re-extract with this stp-extract")
+        vb = localize_snippets(store.load(p.video.id), p.scores, size, queries, settings, args.alarm_threshold)
+        located[p.video.path] = vb
+        n_boxes += sum(len(b) for b in vb.boxes.values())
+        terms += video_tiou_terms(p.video.boxes, vb, p.scores, store.stride, args.tiou_theta, args.tiou_best)
+    n_alarm = sum(len(vb.boxes) for vb in located.values())
+    return (
+        located,
+        context,
+        {
+            "tiou": float(np.mean(terms)) if terms else None,
+            "tiou_gt_boxes": len(terms),
+            "alarm_snippets": n_alarm,
+            "boxes_per_alarm_frame": n_boxes / n_alarm if n_alarm else 0.0,
+            "heat_source": args.heat_source,
+        },
+    )
+
+
+def plot_localization(
+    store: FeatureStore, preds: list[VideoPrediction], located, queries, settings, per_video: int, out_dir: Path
+) -> None:
+    """Heat overlay, predicted (red) and ground-truth (green) boxes on sampled frames of each video."""
+    import cv2
+
+    from .draw import GREEN, RED, draw_boxes, overlay_heat
+    from .localize.heat import frame_heat
+
+    root = store.index.get("dataset")
+    if not root or not Path(root).is_dir():
+        print(f"stp-eval: note: dataset folder {root} not found; no localization frames drawn", file=sys.stderr)
+        return
+    for p in preds:
+        vb = located[p.video.path]
+        with_gt = [k for k, f in enumerate(p.frames) if int(f) in p.video.boxes]
+        chosen = (with_gt or sorted(vb.boxes))[:per_video]
+        if not chosen:
+            continue
+        arrays = store.load(p.video.id)
+        cap = cv2.VideoCapture(str(Path(root) / p.video.path))
+        for k in chosen:
+            frame_index = int(p.frames[k])
+            cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
+            ok, frame = cap.read()
+            if not ok:
+                continue
+            h, w = frame.shape[:2]
+            heat = frame_heat(
+                arrays["x_patch"][k], arrays.get("x_patch_b", [None] * (k + 1))[k], queries.embeddings,
+                queries.abnormal, w, h, settings,
+            )  # fmt: skip
+            img = overlay_heat(frame, heat)
+            draw_boxes(img, p.video.boxes.get(frame_index, []), GREEN, label_scores=False)
+            draw_boxes(img, vb.boxes.get(k, []), RED)
+            cv2.imwrite(str(out_dir / f"{p.video.id}_f{frame_index:06d}.png"), img)
+        cap.release()
 
 
 @cli_entry("stp-eval")
@@ -161,10 +280,24 @@ def main(argv: list[str] | None = None) -> int:
     videos = store.videos(args.split)
     preds = predict(ckpt, store, videos)
     result = summarize(preds, ckpt.classes, store.stride)
+    located: dict[str, VideoBoxes] = {}
+    if args.localize:
+        located, (queries, settings), loc_result = run_localization(args, ckpt, store, preds)
+        result.update(loc_result)
     if args.predictions:
-        atomic_write_json(args.predictions, {p.video.path: p.to_json() for p in preds})
+        out = {}
+        for p in preds:
+            entry = p.to_json()
+            if p.video.path in located:
+                entry["boxes"] = {
+                    str(int(p.frames[k])): np.round(b, 2).tolist() for k, b in located[p.video.path].boxes.items()
+                }
+            out[p.video.path] = entry
+        atomic_write_json(args.predictions, out)
     if args.plots:
         plot_predictions(preds, store.stride, Path(args.plots))
+        if located:
+            plot_localization(store, preds, located, queries, settings, args.plot_frames, Path(args.plots))
     print(json.dumps(result, indent=1))
     return 0
 

@@ -1,0 +1,10 @@
+"""Numba kernels for the runtime hot paths, each paired with a NumPy/OpenCV reference.
+
+The references define the exact expected output and are what the tests compare against; the kernels are what the
+runtime calls. Importing this package pulls in only NumPy, Numba and OpenCV -- never torch -- so the deployed
+appliance can use it without the training stack.
+"""
+
+from stprompt.kernels.boxes import boxes_reference, extract_boxes, warmup
+
+__all__ = ["boxes_reference", "extract_boxes", "warmup"]
