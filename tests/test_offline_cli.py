@@ -154,3 +154,26 @@ def test_user_mistakes_end_in_one_line_and_exit_2(main, argv, needle, tiny_datas
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+
+
+def test_eval_localize_boxes_tiou_and_frames(features, checkpoint, tiny_dataset, tmp_path, capsys):
+    pred_path, plots = tmp_path / "pred.json", tmp_path / "plots"
+    argv = [str(features), "--ckpt", str(checkpoint), "--localize", "--alarm-threshold", "0", "--tiou-theta", "0"]
+    assert evaluate.main(argv + ["--predictions", str(pred_path), "--plots", str(plots)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["alarm_snippets"] == 44 // STRIDE + 48 // STRIDE  # every snippet alarms at threshold 0
+    assert result["tiou_gt_boxes"] == 0 and result["tiou"] is None  # the tiny dataset has no GT boxes
+    boxes = json.loads(pred_path.read_text())["videos/test_5.mp4"]["boxes"]
+    assert set(boxes) == {"4", "12", "20", "28", "36", "44"}
+    for rows in boxes.values():
+        for x1, y1, x2, y2, score in rows:
+            assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 120 and 0.5 <= score <= 1.0
+    assert len(list(plots.glob("*_f*.png"))) == 2 * 4  # --plot-frames 4 per video
+
+
+def test_eval_localize_needs_scale_b(tiny_dataset, checkpoint, tmp_path, capsys):
+    out = tmp_path / "noscaleb"
+    extract.main([str(tiny_dataset), "--out", str(out), "--stride", str(STRIDE), "--split", "test", "--quiet"])
+    capsys.readouterr()
+    assert evaluate.main([str(out), "--ckpt", str(checkpoint), "--localize"]) == 2
+    assert "--scale-b" in capsys.readouterr().err
