@@ -101,7 +101,12 @@ class _Pen:
             cv2.ellipse(self.mask, _fpt(*c), ax, 0, 0, 360, 255, -1, _AA, _SHIFT)
 
     def soft_circle(self, c: Pt, r: float, color: Color, alpha: float) -> None:
-        """A translucent disc (smoke), blended inside its own small region of interest."""
+        """A translucent disc (smoke), blended inside its own small region of interest.
+
+        Nearly transparent puffs are skipped rather than drawn invisibly, so boxes stay tight.
+        """
+        if alpha < 0.08:
+            return
         h, w = self.img.shape[:2]
         x0, y0 = max(0, int(c[0] - r) - 2), max(0, int(c[1] - r) - 2)
         x1, y1 = min(w, int(c[0] + r) + 3), min(h, int(c[1] + r) + 3)
@@ -133,13 +138,30 @@ def _rot(pts: Pts, angle: float, x: float, y: float, flip: int = 1) -> Pts:
 SKIN: list[Color] = [(140, 180, 225), (105, 145, 200), (70, 100, 150), (50, 70, 110), (170, 200, 235)]
 HAIR: list[Color] = [(20, 20, 25), (30, 45, 70), (60, 90, 140), (150, 150, 150), (40, 60, 90)]
 SHIRT: list[Color] = [
-    (40, 40, 200), (200, 90, 30), (50, 160, 60), (220, 220, 220), (30, 30, 30), (0, 190, 230),
-    (140, 60, 140), (120, 120, 120), (180, 130, 60), (60, 90, 200), (90, 160, 200), (160, 40, 40),
+    (40, 40, 200),
+    (200, 90, 30),
+    (50, 160, 60),
+    (220, 220, 220),
+    (30, 30, 30),
+    (0, 190, 230),
+    (140, 60, 140),
+    (120, 120, 120),
+    (180, 130, 60),
+    (60, 90, 200),
+    (90, 160, 200),
+    (160, 40, 40),
 ]
 PANTS: list[Color] = [(90, 50, 20), (40, 40, 40), (110, 100, 90), (140, 90, 40), (60, 70, 90), (20, 20, 20)]
 CAR: list[Color] = [
-    (235, 235, 235), (190, 190, 185), (35, 35, 35), (40, 40, 190), (170, 80, 30), (40, 90, 40),
-    (30, 200, 230), (110, 110, 115), (130, 30, 30),
+    (235, 235, 235),
+    (190, 190, 185),
+    (35, 35, 35),
+    (40, 40, 190),
+    (170, 80, 30),
+    (40, 90, 40),
+    (30, 200, 230),
+    (110, 110, 115),
+    (130, 30, 30),
 ]
 
 
@@ -177,11 +199,16 @@ def _draw_person(
     hip_y, sh_y = -0.47 * h, -0.79 * h
     leg_len, arm_len = 0.47 * h, 0.36 * h
     local = [
-        (-0.04 * h, hip_y), (0.04 * h, hip_y),  # 0, 1 hips
+        (-0.04 * h, hip_y),
+        (0.04 * h, hip_y),  # 0, 1 hips
         (-0.04 * h + face * leg_len * math.sin(legs[0]), hip_y + leg_len * math.cos(legs[0])),
         (0.04 * h + face * leg_len * math.sin(legs[1]), hip_y + leg_len * math.cos(legs[1])),
-        (-0.13 * h, sh_y), (0.13 * h, sh_y), (0.11 * h, hip_y + 0.02 * h), (-0.11 * h, hip_y + 0.02 * h),
-        (-0.1 * h, sh_y + 0.02 * h), (0.1 * h, sh_y + 0.02 * h),  # 8, 9 shoulders
+        (-0.13 * h, sh_y),
+        (0.13 * h, sh_y),
+        (0.11 * h, hip_y + 0.02 * h),
+        (-0.11 * h, hip_y + 0.02 * h),
+        (-0.1 * h, sh_y + 0.02 * h),
+        (0.1 * h, sh_y + 0.02 * h),  # 8, 9 shoulders
         (-0.1 * h + face * arm_len * math.sin(arms[0]), sh_y + 0.02 * h + arm_len * math.cos(arms[0])),
         (0.1 * h + face * arm_len * math.sin(arms[1]), sh_y + 0.02 * h + arm_len * math.cos(arms[1])),
         (0.0, -0.895 * h),  # 12 head centre
@@ -214,7 +241,7 @@ class _Vehicle:
     @staticmethod
     def random(rng: np.random.Generator, person_h: float) -> _Vehicle:
         van = bool(rng.random() < 0.25)
-        length = person_h * (rng.uniform(2.8, 3.2) if van else rng.uniform(2.3, 2.7))
+        length = person_h * (rng.uniform(2.6, 2.9) if van else rng.uniform(2.2, 2.5))
         base = np.asarray(CAR[rng.integers(len(CAR))], np.float64) + rng.normal(0, 10, 3)
         color = tuple(int(v) for v in np.clip(base, 0, 255))
         return _Vehicle(length, color, van)  # type: ignore[arg-type]
@@ -224,12 +251,21 @@ class _Vehicle:
         H = self.height = L * (0.42 if self.van else 0.34)
         if self.van:
             cabin = [(-0.48 * L, -0.6 * H), (0.47 * L, -0.6 * H), (0.36 * L, -H), (-0.47 * L, -H)]
-            win = [[(0.06 * L, -0.66 * H), (0.4 * L, -0.66 * H), (0.33 * L, -0.93 * H), (0.06 * L, -0.93 * H)],
-                   [(-0.4 * L, -0.66 * H), (0.0, -0.66 * H), (0.0, -0.93 * H), (-0.4 * L, -0.93 * H)]]
+            win = [
+                [(0.06 * L, -0.66 * H), (0.4 * L, -0.66 * H), (0.33 * L, -0.93 * H), (0.06 * L, -0.93 * H)],
+                [(-0.4 * L, -0.66 * H), (0.0, -0.66 * H), (0.0, -0.93 * H), (-0.4 * L, -0.93 * H)],
+            ]
         else:
             cabin = [(-0.33 * L, -0.6 * H), (0.25 * L, -0.6 * H), (0.12 * L, -H), (-0.24 * L, -H)]
-            win = [[(0.0, -0.65 * H), (0.2 * L, -0.65 * H), (0.1 * L, -0.94 * H), (0.0, -0.94 * H)],
-                   [(-0.28 * L, -0.65 * H), (-0.03 * L, -0.65 * H), (-0.03 * L, -0.94 * H), (-0.21 * L, -0.94 * H)]]
+            win = [
+                [(0.0, -0.65 * H), (0.2 * L, -0.65 * H), (0.1 * L, -0.94 * H), (0.0, -0.94 * H)],
+                [
+                    (-0.28 * L, -0.65 * H),
+                    (-0.03 * L, -0.65 * H),
+                    (-0.03 * L, -0.94 * H),
+                    (-0.21 * L, -0.94 * H),
+                ],
+            ]
         body = [(-L / 2, -0.17 * H), (L / 2, -0.17 * H), (L / 2, -0.62 * H), (-L / 2, -0.62 * H)]
         sill = [(-L / 2, -0.17 * H), (L / 2, -0.17 * H), (L / 2, -0.3 * H), (-L / 2, -0.3 * H)]
         glass: Color = (95, 80, 60)
@@ -239,7 +275,9 @@ class _Vehicle:
         self.wheels: Pts = [(-0.3 * L, -0.15 * H), (0.3 * L, -0.15 * H)]
         self.lamps: Pts = [(0.48 * L, -0.5 * H), (-0.48 * L, -0.5 * H)]
 
-    def draw(self, pen: _Pen, x: float, y: float, face: int, angle: float = 0.0, lights: bool = False) -> None:
+    def draw(
+        self, pen: _Pen, x: float, y: float, face: int, angle: float = 0.0, lights: bool = False
+    ) -> None:
         """(x, y) is the ground point under the vehicle's centre; `face` +1 drives right, -1 left."""
         H = self.height
         for pts, color in self.shapes:
@@ -287,7 +325,7 @@ def _make_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
     hy = int(H * rng.uniform(0.27, 0.37))
     road0 = hy + int(H * rng.uniform(0.07, 0.11))
     road1 = road0 + int(H * rng.uniform(0.19, 0.24))
-    near1 = min(H - 10, road1 + int(H * rng.uniform(0.06, 0.09)))
+    near1 = max(road1 + 2, min(H - 10, road1 + int(H * rng.uniform(0.06, 0.09))))
 
     # sky: vertical gradient, sometimes overcast
     top = np.array(_jitter(rng, (200, 150, 90) if rng.random() < 0.6 else (175, 170, 165), 15), np.float64)
@@ -296,8 +334,17 @@ def _make_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
     img[:hy] = (top * (1 - ramp) + bottom * ramp).astype(np.uint8)[:, None, :]
     for _ in range(rng.integers(0, 4)):
         cx, cy = rng.uniform(0, W), rng.uniform(0, hy * 0.6)
-        cv2.ellipse(img, (int(cx), int(cy)), (int(rng.uniform(15, 40)), int(rng.uniform(4, 9))), 0, 0, 360,
-                    _jitter(rng, (235, 235, 235), 5), -1, _AA)
+        cv2.ellipse(
+            img,
+            (int(cx), int(cy)),
+            (int(rng.uniform(15, 40)), int(rng.uniform(4, 9))),
+            0,
+            0,
+            360,
+            _jitter(rng, (235, 235, 235), 5),
+            -1,
+            _AA,
+        )
 
     # ground layers
     plaza = (60, 120, 70) if rng.random() < 0.5 else (150, 160, 165)
@@ -324,7 +371,9 @@ def _make_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
             continue
         bh = int(rng.uniform(0.1, 0.3) * H)
         x1, y1, x2, y2 = x, max(0, hy - bh), min(W, x + bw), hy
-        col = _jitter(rng, [(120, 140, 170), (90, 100, 150), (170, 170, 165), (110, 120, 125)][rng.integers(4)])
+        col = _jitter(
+            rng, [(120, 140, 170), (90, 100, 150), (170, 170, 165), (110, 120, 125)][rng.integers(4)]
+        )
         cv2.rectangle(img, (x1, y1), (x2 - 1, y2), col, -1)
         dark = tuple(int(c * 0.75) for c in col)
         if rng.random() < 0.3:  # brick wall
@@ -336,7 +385,9 @@ def _make_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
             for yy in range(y1 + step // 2, y2 - step, step):
                 for xx in range(x1 + step // 2, x2 - win, step):
                     lit = rng.random() < 0.2
-                    cv2.rectangle(img, (xx, yy), (xx + win, yy + win), (120, 200, 230) if lit else (70, 60, 50), -1)
+                    cv2.rectangle(
+                        img, (xx, yy), (xx + win, yy + win), (120, 200, 230) if lit else (70, 60, 50), -1
+                    )
         cv2.line(img, (x1, y1), (x2, y1), dark, 2)
         buildings.append((max(0, x1), y1, x2, y2))
         x += bw
@@ -346,12 +397,23 @@ def _make_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
         ty = rng.uniform(hy + 2, road0 - 1) if rng.random() < 0.6 else rng.uniform(road1 + 2, near1)
         tx = rng.uniform(0, W)
         th = (0.06 + 0.15 * (ty - hy) / (H - hy)) * H * rng.uniform(1.8, 2.6)
-        cv2.rectangle(img, (int(tx - th * 0.04), int(ty - th * 0.5)), (int(tx + th * 0.04), int(ty)),
-                      _jitter(rng, (40, 60, 90)), -1)
+        cv2.rectangle(
+            img,
+            (int(tx - th * 0.04), int(ty - th * 0.5)),
+            (int(tx + th * 0.04), int(ty)),
+            _jitter(rng, (40, 60, 90)),
+            -1,
+        )
         green = _jitter(rng, (40, 110, 50), 15)
         for _ in range(3):
-            cv2.circle(img, (int(tx + rng.uniform(-0.12, 0.12) * th), int(ty - th * rng.uniform(0.65, 0.8))),
-                       int(th * rng.uniform(0.18, 0.26)), _jitter(rng, green, 10), -1, _AA)
+            cv2.circle(
+                img,
+                (int(tx + rng.uniform(-0.12, 0.12) * th), int(ty - th * rng.uniform(0.65, 0.8))),
+                int(th * rng.uniform(0.18, 0.26)),
+                _jitter(rng, green, 10),
+                -1,
+                _AA,
+            )
 
     # static texture so that surfaces are not flat colour
     tex = cv2.GaussianBlur(rng.normal(0, 7, (H, W)).astype(np.float32), (3, 3), 0)
@@ -360,6 +422,7 @@ def _make_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
     lanes = (road0 + 0.45 * (road1 - road0), road0 + 0.92 * (road1 - road0))
     d = 1 if rng.random() < 0.5 else -1
     bands = [(hy + 2.0, road0 - 1.0), (road1 + 2.0, near1 - 1.0), (near1 + 4.0, H - 3.0)]
+    bands = [(lo, max(hi, lo + 1.0)) for lo, hi in bands]  # tiny frames: keep every band non-empty
     return _Scene(img, hy, (road0, road1), lanes, (d, -d), bands, buildings)
 
 
@@ -427,8 +490,19 @@ def _make_normal(rng: np.random.Generator, scene: _Scene, width: int, fps: float
         face = 1 if rng.random() < 0.5 else -1
         vy = rng.normal(0, 0.15) * speed if band is scene.walk_bands[2] else 0.0
         omega = 2 * math.pi * 0.95 * (speed * fps / h * 1.7 / 1.3) / fps
-        actors.append(_Walker(rng.uniform(0, width), y0, face * speed, vy, band, _Look.random(rng),
-                              rng.uniform(0, 2 * math.pi), omega, face))
+        actors.append(
+            _Walker(
+                rng.uniform(0, width),
+                y0,
+                face * speed,
+                vy,
+                band,
+                _Look.random(rng),
+                rng.uniform(0, 2 * math.pi),
+                omega,
+                face,
+            )
+        )
     for _ in range(rng.integers(2, 6)):
         lane = int(rng.integers(2))
         veh = _Vehicle.random(rng, scene.person_h(scene.lanes[lane]))
@@ -454,16 +528,20 @@ class _Anomaly:
 
 
 class _Fighting(_Anomaly):
+    """Two or three people brawling: erratic, fast jitter of bodies and limbs, arms up, kicks."""
+
     def __init__(self, rng, scene: _Scene, width: int, fps: float, start: int, end: int):
         super().__init__(start, end)
-        band = scene.walk_bands[1 + int(rng.integers(2))]
+        band = scene.walk_bands[1 if rng.random() < 0.3 else 2]  # in the foreground, as cameras are placed
         self.y = rng.uniform(*band)
-        self.h = scene.person_h(self.y) * rng.uniform(0.95, 1.1)
+        self.h = scene.person_h(self.y) * rng.uniform(1.0, 1.15)
         self.cx = rng.uniform(0.15, 0.85) * width
-        self.d = 0.45 * self.h
-        self.looks = (_Look.random(rng), _Look.random(rng))
+        n = 3 if rng.random() < 0.4 else 2
+        gap = 0.45 * self.h
+        self.slots = [(i - (n - 1) / 2) * gap for i in range(n)]  # x offsets from the centre
+        self.looks = [_Look.random(rng) for _ in range(n)]
         self.speed = _walk_speed(rng, self.h, fps)
-        self.omega = 2 * math.pi * 1.8 / fps
+        self.omega = 2 * math.pi * 1.0 / fps
         self.drift = 0.0
         self.width = width
 
@@ -475,24 +553,26 @@ class _Fighting(_Anomaly):
         return y, lambda pen: _draw_person(pen, x, y, h, look, legs, arms, face)
 
     def normal_at(self, t: int) -> list[Drawable]:
+        """Before: they walk in from both sides; after: they walk off in the opposite directions."""
+        if self.start <= t < self.end:
+            return []
         out = []
-        if t < self.start:  # walking towards each other
-            dt = self.start - t
-            out = [self._walker(self.cx - self.d / 2 - self.speed * dt, 1, t, 0),
-                   self._walker(self.cx + self.d / 2 + self.speed * dt, -1, t, 1)]
-        elif t >= self.end:  # leaving in opposite directions
-            dt = t - self.end + 1
-            cx = self.cx + self.drift
-            out = [self._walker(cx - self.d / 2 - self.speed * dt, -1, t, 0),
-                   self._walker(cx + self.d / 2 + self.speed * dt, 1, t, 1)]
+        for who, dx in enumerate(self.slots):
+            side = -1 if dx < 0 or (dx == 0 and who % 2) else 1
+            if t < self.start:
+                out.append(self._walker(self.cx + dx + side * self.speed * (self.start - t), -side, t, who))
+            else:
+                x = self.cx + self.drift + dx + side * self.speed * (t - self.end + 1)
+                out.append(self._walker(x, side, t, who))
         return [o for o in out if o is not None]
 
     def draw(self, pen: _Pen, t: int, rng: np.random.Generator) -> None:
         h = self.h
         self.drift = float(np.clip(self.drift + rng.normal(0, 0.04 * h), -0.6 * h, 0.6 * h))
-        d = self.d * rng.uniform(0.65, 1.25)
-        for who, face in ((0, 1), (1, -1)):
-            x = self.cx + self.drift - face * d / 2 + rng.normal(0, 0.07 * h)
+        squeeze = rng.uniform(0.65, 1.25)
+        for who, dx in enumerate(self.slots):
+            face = -1 if dx > 0 else 1 if dx < 0 else int(rng.choice([-1, 1]))
+            x = self.cx + self.drift + dx * squeeze + rng.normal(0, 0.07 * h)
             y = self.y + rng.normal(0, 0.02 * h)
             legs = (rng.uniform(-0.6, 0.7), rng.uniform(-0.6, 0.9))  # kicks
             arms = (rng.uniform(0.6, 2.2), rng.uniform(-0.3, 2.0))  # punches, arms up
@@ -500,36 +580,45 @@ class _Fighting(_Anomaly):
 
 
 class _Arson(_Anomaly):
+    """A fire at the foot of a building: grows, flickers (new flame tongues each frame), smokes, dies down."""
+
     def __init__(self, rng, scene: _Scene, width: int, fps: float, start: int, end: int):
         super().__init__(start, end)
-        H = scene.background.shape[0]
         b = scene.buildings[rng.integers(len(scene.buildings))] if scene.buildings else None
         lo, hi = (b[0], b[2]) if b is not None and b[2] - b[0] > 0.1 * width else (0.15 * width, 0.85 * width)
-        self.w = width * rng.uniform(0.07, 0.11)
-        self.cx = float(np.clip(rng.uniform(lo + self.w / 2, max(lo + self.w / 2, hi - self.w / 2)),
-                                self.w, width - self.w))
+        self.w = width * rng.uniform(0.09, 0.14)
+        self.cx = float(
+            np.clip(
+                rng.uniform(lo + self.w / 2, max(lo + self.w / 2, hi - self.w / 2)), self.w, width - self.w
+            )
+        )
         self.base = scene.horizon + rng.uniform(1, 4)
         self.hf = min(self.w * rng.uniform(1.1, 1.4), 0.8 * self.base)
         self.puffs = [(rng.uniform(-0.3, 0.3), rng.uniform(0, 1)) for _ in range(6)]
         self.life = max(4, int(1.6 * fps))
-        del H
 
     def draw(self, pen: _Pen, t: int, rng: np.random.Generator) -> None:
         n = self.end - self.start
         p = (t - self.start) / max(n - 1, 1)
-        grow = 0.2 + 0.8 * min(1.0, p / 0.4)
+        grow = 0.3 + 0.7 * min(1.0, p / 0.25)
         if p > 0.85:
-            grow *= max(0.35, 1 - (p - 0.85) / 0.15 * 0.65)
+            grow *= 1 - (p - 0.85) / 0.15 * 0.5
         w, hf, base, cx = self.w * grow, self.hf * grow, self.base, self.cx
         # smoke behind the flames, rising and fading
         for ox, ph in self.puffs:
             age = ((t - self.start) / self.life + ph) % 1.0
             sy = base - hf * (0.7 + 0.7 * age)
             r = w * (0.25 + 0.25 * age)
-            pen.soft_circle((cx + ox * w + age * 0.2 * w, sy), r, (50, 50, 55), 0.75 * (1 - age) * min(1, grow * 2))
+            pen.soft_circle(
+                (cx + ox * w + age * 0.2 * w, sy), r, (50, 50, 55), 0.75 * (1 - age) * min(1, grow * 2)
+            )
         pen.ellipse((cx, base - 0.12 * hf), (0.55 * w, 0.18 * hf), (20, 90, 230))
-        for color, scale in (((30, 40, 210), 1.0), ((0, 130, 255), 0.75), ((40, 215, 255), 0.5),
-                             ((170, 245, 255), 0.28)):
+        for color, scale in (
+            ((30, 40, 210), 1.0),
+            ((0, 130, 255), 0.75),
+            ((40, 215, 255), 0.5),
+            ((170, 245, 255), 0.28),
+        ):
             for _ in range(4):
                 x = cx + rng.uniform(-0.35, 0.35) * w * scale
                 tw = w * scale * rng.uniform(0.3, 0.5)
@@ -539,6 +628,8 @@ class _Arson(_Anomaly):
 
 
 class _Accident(_Anomaly):
+    """Car B swerves into car A's lane; they collide, stop (B rotated, debris, hazard lights), then leave."""
+
     def __init__(self, rng, scene: _Scene, width: int, fps: float, start: int, end: int):
         super().__init__(start, end)
         self.scene, self.width = scene, width
@@ -551,14 +642,21 @@ class _Accident(_Anomaly):
         self.cx = rng.uniform(0.35, 0.65) * width
         self.va = rng.uniform(7, 12) * self.a.length / 4.5 / fps
         self.vb = rng.uniform(7, 12) * self.b.length / 4.5 / fps
-        self.swerve = max(1, min(8, (end - start) // 4))
+        self.swerve = max(1, min(int(round(0.3 * fps)), (end - start) // 4))
         self.hit = start + self.swerve
-        self.angle = rng.choice([-1, 1]) * rng.uniform(0.25, 0.5)
+        self.angle = rng.choice([-1, 1]) * rng.uniform(0.2, 0.4)
         self.angle_a = rng.normal(0, 0.06)
         self.yb = self.near - rng.uniform(0.15, 0.4) * (self.near - self.far)
         L = self.a.length
-        self.debris = [(rng.uniform(-0.35, 0.35) * L, rng.uniform(-0.12, 0.03) * L, rng.uniform(0.02, 0.045) * L,
-                        rng.uniform(0, math.pi)) for _ in range(rng.integers(4, 9))]
+        self.debris = [
+            (
+                rng.uniform(-0.35, 0.35) * L,
+                rng.uniform(-0.12, 0.03) * L,
+                rng.uniform(0.02, 0.045) * L,
+                rng.uniform(0, math.pi),
+            )
+            for _ in range(rng.integers(4, 9))
+        ]
         self.blink = max(2, int(0.3 * fps))
 
     def _pos(self, t: int) -> tuple[float, float, float, float]:
@@ -579,14 +677,14 @@ class _Accident(_Anomaly):
         return xa, self.near, xb, yb
 
     def normal_at(self, t: int) -> list[Drawable]:
-        if self.start <= t < self.end:
+        if self.hit <= t < self.end:
             return []
         xa, ya, xb, yb = self._pos(t)
         out: list[Drawable] = []
         m = self.a.length
-        if -m < xa < self.width + m:
+        if -m < xa < self.width + m:  # car A drives normally until the impact
             out.append((ya, lambda pen: self.a.draw(pen, xa, ya, self.d)))
-        if -m < xb < self.width + m:
+        if -m < xb < self.width + m and not self.start <= t < self.hit:  # B's swerve is the anomaly
             out.append((yb, lambda pen: self.b.draw(pen, xb, yb, -self.d)))
         return out
 
@@ -595,9 +693,13 @@ class _Accident(_Anomaly):
         crashed = t >= self.hit
         shake = rng.normal(0, 0.02 * self.a.length) if crashed and t < self.hit + 4 else 0.0
         lights = crashed and ((t - self.hit) // self.blink) % 2 == 1
-        ang_b = self.angle if crashed else self.angle * 0.3 * (t - self.start) / self.swerve
-        parts = [(yb, lambda: self.b.draw(pen, xb + shake, yb, -self.d, ang_b, lights)),
-                 (ya, lambda: self.a.draw(pen, xa - shake, ya, self.d, self.angle_a if crashed else 0.0, lights))]
+        if not crashed:  # B swerves into A's lane; A is still ordinary traffic (normal_at)
+            self.b.draw(pen, xb, yb, -self.d, self.angle * 0.3 * (t - self.start) / self.swerve)
+            return
+        parts = [
+            (yb, lambda: self.b.draw(pen, xb + shake, yb, -self.d, self.angle, lights)),
+            (ya, lambda: self.a.draw(pen, xa - shake, ya, self.d, self.angle_a, lights)),
+        ]
         for _, fn in sorted(parts, key=lambda p: p[0]):
             fn()
         if crashed:
@@ -607,6 +709,8 @@ class _Accident(_Anomaly):
 
 
 class _Explosion(_Anomaly):
+    """A short expanding flash, then a rising, thinning smoke cloud, flying debris and a scorch mark."""
+
     def __init__(self, rng, scene: _Scene, width: int, fps: float, start: int, end: int):
         super().__init__(start, end)
         H = scene.background.shape[0]
@@ -615,14 +719,29 @@ class _Explosion(_Anomaly):
         else:
             self.cy = rng.uniform(*scene.walk_bands[2])
         f = (self.cy - scene.horizon) / (H - scene.horizon)
-        self.R = H * rng.uniform(0.07, 0.1) * (0.7 + 0.5 * f)
+        self.R = H * rng.uniform(0.08, 0.12) * (0.8 + 0.5 * f)
         self.cx = rng.uniform(0.15, 0.85) * width
         self.flash = max(3, min(10, int(round(0.3 * fps))))
         R = self.R
-        self.puffs = [(rng.uniform(-0.55, 0.55) * R, rng.uniform(-0.3, 0.3) * R, rng.uniform(0.35, 0.55) * R,
-                       int(rng.uniform(40, 75))) for _ in range(rng.integers(6, 10))]
-        self.debris = [(rng.uniform(-math.pi, 0), rng.uniform(0.6, 1.3) * R, rng.uniform(0.3, 0.9) * R,
-                        rng.uniform(0.04, 0.08) * R + 0.5, rng.uniform(0.2, 0.5) * fps) for _ in range(rng.integers(6, 12))]
+        self.puffs = [
+            (
+                rng.uniform(-0.55, 0.55) * R,
+                rng.uniform(-0.3, 0.3) * R,
+                rng.uniform(0.35, 0.55) * R,
+                int(rng.uniform(40, 75)),
+            )
+            for _ in range(rng.integers(6, 10))
+        ]
+        self.debris = [
+            (
+                rng.uniform(-math.pi, 0),
+                rng.uniform(0.6, 1.3) * R,
+                rng.uniform(0.3, 0.9) * R,
+                rng.uniform(0.04, 0.08) * R + 0.5,
+                rng.uniform(0.2, 0.5) * fps,
+            )
+            for _ in range(rng.integers(6, 12))
+        ]
 
     def draw(self, pen: _Pen, t: int, rng: np.random.Generator) -> None:
         R, cx, cy = self.R, self.cx, self.cy
@@ -635,7 +754,9 @@ class _Explosion(_Anomaly):
             q = (k - 0.6 * self.flash) / max(1, n - 0.6 * self.flash)
             rise = 0.5 * R * q
             for ox, oy, r, g in self.puffs:
-                pen.soft_circle((cx + ox, c[1] + oy - rise), r * (1 + 0.5 * q), (g, g, g + 5), 0.85 - 0.45 * q)
+                pen.soft_circle(
+                    (cx + ox, c[1] + oy - rise), r * (1 + 0.5 * q), (g, g, g + 5), 0.85 - 0.45 * q
+                )
         for ang, dist, hop, size, fly in self.debris:
             s = min(1.0, k / fly)
             x = cx + math.cos(ang) * dist * s
@@ -651,8 +772,11 @@ class _Explosion(_Anomaly):
             pen.circle(c, 0.45 * r * fade, (235, 250, 255))
         elif k < n / 2:  # embers in the smoke
             for _ in range(4):
-                pen.circle((cx + rng.normal(0, 0.35 * R), c[1] + rng.normal(0, 0.25 * R)), 0.04 * R + 0.5,
-                           (0, 140, 255))
+                pen.circle(
+                    (cx + rng.normal(0, 0.35 * R), c[1] + rng.normal(0, 0.25 * R)),
+                    0.04 * R + 0.5,
+                    (0, 140, 255),
+                )
 
 
 _ANOMALIES: dict[str, type[_Anomaly]] = {
@@ -698,12 +822,17 @@ class _Writer:
         if not self.writer.isOpened():
             raise UserError(f"OpenCV cannot write {path} (mp4v)")
         self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=8)
+        self.error: Exception | None = None
         self.thread = threading.Thread(target=self._run, name=f"stp-synth-{path.name}", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while (frame := self.queue.get()) is not None:
-            self.writer.write(frame)
+            if self.error is None:  # after a failure keep draining so that write() never blocks
+                try:
+                    self.writer.write(frame)
+                except cv2.error as err:
+                    self.error = err
 
     def write(self, frame: np.ndarray) -> None:
         self.queue.put(frame)
@@ -712,6 +841,8 @@ class _Writer:
         self.queue.put(None)
         self.thread.join()
         self.writer.release()
+        if self.error is not None:
+            raise RuntimeError(f"writing {self.path} failed: {self.error}")
 
 
 @dataclass
@@ -761,13 +892,17 @@ def _render(plan: _Plan, scene: _Scene, noise: _Noise, path: Path, n_frames: int
                     raise RuntimeError(f"{plan.label} drew nothing at frame {t} of {path.name}")
                 boxes[t] = [[float(x), float(y), float(x + w), float(y + h)]]
             gain = 0.9 * gain + rng.normal(0, 0.006)  # slow brightness flicker (auto-exposure)
-            cv2.convertScaleAbs(frame, dst=frame, alpha=1.0 + gain + rng.normal(0, 0.003), beta=rng.normal(0, 0.8))
+            cv2.convertScaleAbs(
+                frame, dst=frame, alpha=1.0 + gain + rng.normal(0, 0.003), beta=rng.normal(0, 0.8)
+            )
             noise.apply(frame, rng)
             writer.write(frame)
     finally:
         writer.close()
     spans = [(anomaly.start, anomaly.end)] if anomaly is not None else []
-    return Video(path=f"videos/{plan.name}", split=plan.split, labels=[plan.label], anomalies=spans, boxes=boxes)
+    return Video(
+        path=f"videos/{plan.name}", split=plan.split, labels=[plan.label], anomalies=spans, boxes=boxes
+    )
 
 
 _WORKER_STATE: tuple[list[_Scene], _Noise, Path, int, float] | None = None
@@ -785,7 +920,12 @@ def _worker_render(plan: _Plan) -> Video:
 
 
 def _render_all(
-    plans: list[_Plan], scenes: list[_Scene], noise: _Noise, vdir: Path, n_frames: int, fps: float,
+    plans: list[_Plan],
+    scenes: list[_Scene],
+    noise: _Noise,
+    vdir: Path,
+    n_frames: int,
+    fps: float,
     workers: int | None,
 ) -> list[Video]:
     """Render every video, in worker processes when that pays (each video has its own seed: same output)."""
@@ -795,8 +935,9 @@ def _render_all(
     if workers <= 1 or len(plans) <= 1:
         return [_render(p, scenes[p.scene], noise, vdir / p.name, n_frames, fps) for p in plans]
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch / CUDA threads
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(scenes, noise, vdir, n_frames, fps)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(scenes, noise, vdir, n_frames, fps)
+    ) as pool:
         return list(pool.map(_worker_render, plans))
 
 
@@ -834,15 +975,15 @@ def generate(
     rerun into the same folder never leaves stale videos behind. `workers` processes render videos in
     parallel (default: one per CPU, in-process for tiny datasets); the output does not depend on it.
     """
-    _check("n_train", n_train, 0)
-    _check("n_test", n_test, 0)
+    _check("n_train (--train)", n_train, 0)
+    _check("n_test (--test)", n_test, 0)
     if n_train + n_test == 0:
         raise UserError("nothing to generate: n_train + n_test is 0")
-    _check("n_frames", n_frames, 8)
+    _check("n_frames (--frames)", n_frames, 8)
     _check("width", width, 64)
     _check("height", height, 48)
     _check("fps", fps, 1)
-    _check("n_scenes", n_scenes, 1)
+    _check("n_scenes (--scenes)", n_scenes, 1)
     if not 0.0 <= anomaly_fraction <= 1.0:
         raise UserError(f"anomaly_fraction must be in [0, 1], got {anomaly_fraction:g}")
     width, height = int(width) // 2 * 2, int(height) // 2 * 2  # mp4v wants even sizes
@@ -874,10 +1015,21 @@ def generate(
             old.unlink()
     ann = Annotations(classes=list(CLASSES), fps=float(fps), videos=videos, root=out)
     ann.save(out / "annotations.json")
-    params = dict(n_train=n_train, n_test=n_test, n_frames=n_frames, width=width, height=height, fps=fps,
-                  n_scenes=n_scenes, anomaly_fraction=anomaly_fraction, seed=seed)
-    atomic_write_json(out / MARKER, {"generator": "stp-synth", "params": params,
-                                     "seconds": round(time.perf_counter() - t0, 3)})
+    params = dict(
+        n_train=n_train,
+        n_test=n_test,
+        n_frames=n_frames,
+        width=width,
+        height=height,
+        fps=fps,
+        n_scenes=n_scenes,
+        anomaly_fraction=anomaly_fraction,
+        seed=seed,
+    )
+    atomic_write_json(
+        out / MARKER,
+        {"generator": "stp-synth", "params": params, "seconds": round(time.perf_counter() - t0, 3)},
+    )
     return ann
 
 
