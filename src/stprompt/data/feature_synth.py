@@ -129,6 +129,8 @@ def make_feature_dataset(
     clean_background: bool = True,
     scale: float = 1.0,
     with_boxes: bool = False,
+    clip: str = "synthetic-features",
+    clip_sha256: str = "0" * 64,
 ) -> FeatureStore:
     """Write a FeatureStore of planted anomalies (see the module docstring for the construction)."""
     if n_classes < 1:
@@ -159,8 +161,8 @@ def make_feature_dataset(
 
     store = FeatureStore.create(
         out_dir,
-        clip="synthetic-features",
-        clip_sha256="0" * 64,
+        clip=clip,
+        clip_sha256=clip_sha256,
         dim=dim,
         stride=stride,
         scale_b=False,

@@ -1003,8 +1003,15 @@ def generate(
         labels = _labels(n, anomaly_fraction)
         plan_rng.shuffle(labels)
         digits = max(3, len(str(max(n - 1, 0))))
+        # Normal and anomalous videos each cycle through the scenes, so no scene is mostly anomalous:
+        # otherwise a small training set teaches "this camera means anomaly" (scene/label confounding).
+        offset = {False: int(plan_rng.integers(n_scenes)), True: int(plan_rng.integers(n_scenes))}
+        seen = {False: 0, True: 0}
         for i, label in enumerate(labels):
-            plan = _Plan(split, i, label, int(plan_rng.integers(n_scenes)), video_seqs[len(plans)])
+            group = label != NORMAL
+            scene = (offset[group] + seen[group]) % n_scenes
+            seen[group] += 1
+            plan = _Plan(split, i, label, scene, video_seqs[len(plans)])
             plan.name = f"{split}_{i:0{digits}d}_{label}.mp4"
             plans.append(plan)
 
