@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=8, help="synthetic test videos")
     p.add_argument("--frames", type=int, default=192, help="frames per synthetic video")
     p.add_argument("--stride", type=int, default=8, help="sample one frame in STRIDE")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--epochs", type=int, default=100, help="training epochs (the dataset is small)")
     p.add_argument("--clip", default="stp-tiny", help="ClipSpec for extraction (random tiny CLIP by default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of training")
     return p
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         extract.main,
         [str(data), "--out", str(feats), "--clip", args.clip, "--stride", str(args.stride), "--scale-b"],
     )
-    _step("train", train.main, [str(feats), "--out", str(model), "--epochs", str(args.epochs), "--seed", str(args.seed)])
+    _step(
+        "train", train.main, [str(feats), "--out", str(model), "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    )
     report = _step(
         "eval",
         evaluate.main,
