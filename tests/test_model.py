@@ -150,3 +150,10 @@ def test_exact_lookahead_counts_adapter_band_and_sa2():
     assert cfg.radius == 20
     assert cfg.exact_lookahead == 2 * 20 + 1
     assert HeadConfig(dim=8, n_classes=2, use_sa2=False, use_adapter=False).exact_lookahead == 0
+
+
+def test_sa2_ties_keep_the_lowest_window_indices():
+    # a static scene: every window's motion is 0, so the top-K is decided by the tie rule (ONNX TopK's)
+    x = torch.arange(49, dtype=torch.float32).reshape(1, 1, 49, 1).expand(1, 3, 49, 1)
+    x_as = sa2(x, k=12)
+    assert torch.allclose(x_as[0, :, 0], torch.full((3,), sum(range(12)) / 12))

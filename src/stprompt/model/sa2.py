@@ -27,7 +27,14 @@ def sa2(x_patch: torch.Tensor, lengths: torch.Tensor | None = None, k: int = 12)
         x_patch = x_patch.flatten(2, 3)
     b, t, w, d = x_patch.shape
     mo = motion_magnitude(x_patch, lengths)
-    top, idx = mo.topk(k, dim=-1)
+    # Ties (static scenes, reused window embeddings, T = 1) keep the lowest window index first: the rule of
+    # ONNX TopK, which the exported graph uses; eagerly torch.topk leaves tie order to the implementation, so
+    # a stable sort gives the same rule (the exporters cannot translate a stable sort).
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        top, idx = mo.topk(k, dim=-1)
+    else:
+        order = torch.sort(mo, dim=-1, descending=True, stable=True)
+        top, idx = order.values[..., :k], order.indices[..., :k]
     att = torch.softmax(top, dim=-1)
     sel = x_patch.gather(2, idx[..., None].expand(b, t, k, d))
     return (att[..., None] * sel).sum(dim=2)

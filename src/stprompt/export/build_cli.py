@@ -1,0 +1,62 @@
+"""`stp-build`: build (or reuse) a bundle's TensorRT engines on the device that will run them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stp-build",
+        description=(
+            "Build the TensorRT 10 engines of an stp-export bundle on this GPU: model.plan (image encoder, at the "
+            "bundle's precision, normalisations/softmax pinned to fp32) and model.head.plan (fp32). A plan is "
+            "reused only when its cache key (ONNX sha256, TensorRT version, compute capability, precision, "
+            "profiles) matches the manifest; otherwise it is rebuilt. Settings default to the export's."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("manifest", help="bundle manifest model.json (or its stem)")
+    p.add_argument("--max-batch", type=int, default=None, help="most crops per encoder call (default: the bundle's)")
+    p.add_argument("--opt-batch", type=int, default=None, help="encoder batch to tune for (default: the bundle's)")
+    p.add_argument("--max-window", type=int, default=None, help="most snippets per head call (default: the bundle's)")
+    p.add_argument("--opt-window", type=int, default=None, help="head length to tune for (default: the bundle's)")
+    p.add_argument("--workspace-gb", type=float, default=None, help="TensorRT workspace limit (default: the bundle's)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cached plans are current")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    return p
+
+
+@cli_entry("stp-build")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .manifest import load_manifest
+    from .trt_build import build_bundle_engines, require_tensorrt
+
+    load_manifest(args.manifest)  # a missing or tampered bundle is reported before TensorRT is looked for
+    require_tensorrt()
+    for name in ("max_batch", "opt_batch", "max_window", "opt_window"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    manifest = build_bundle_engines(
+        args.manifest,
+        force=args.force,
+        log=log,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
+        max_window=args.max_window,
+        opt_window=args.opt_window,
+        workspace_gb=args.workspace_gb,
+    )
+    for role, record in manifest.engines.items():
+        log(f"stp-build: {role}: {record['path']} key {record['key'][:16]} ({record['precision']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

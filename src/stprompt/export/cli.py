@@ -1,0 +1,150 @@
+"""`stp-export`: checkpoint -> deployment bundle (ONNX graphs, query embeddings, manifest; engines with --trt)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ..errors import UserError, cli_entry
+from .manifest import ENGINE_SUFFIXES
+from .trt_build import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_OPT_BATCH,
+    DEFAULT_WORKSPACE_GB,
+    TRT_MISSING,
+    encoder_profiles,
+    head_profiles,
+    onnx_fp32_layer_names,
+    tensorrt_available,
+    trtexec_command,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stp-export",
+        description=(
+            "Export a trained STPrompt checkpoint as a bundle of files sharing the stem --out: "
+            "model.onnx (image encoder, fp32), model.head.onnx (temporal head, T dynamic), model.queries.npz, "
+            "model.json (manifest with sha256 of every file), plus model.fp16.onnx / model.int8.onnx on request. "
+            "Every graph is gated against the PyTorch reference; a failed gate writes nothing. "
+            "TensorRT engines are built on the target: stp-build model.json (or --trt here, on the target)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint model.pt written by stp-train")
+    p.add_argument("--out", required=True, help="bundle stem: DIR/model writes DIR/model.json, DIR/model.onnx, ...")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="encoder precision of the engines; fp16 also writes and gates model.fp16.onnx (norms/softmax in fp32)",
+    )
+    p.add_argument("--int8-cpu", action="store_true", help="also write model.int8.onnx (ONNX Runtime dynamic int8)")
+    p.add_argument("--queries", default=None, help="localization query bank JSON (default: the built-in bank)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="most crops per encoder engine call")
+    p.add_argument("--opt-batch", type=int, default=DEFAULT_OPT_BATCH, help="encoder batch TensorRT tunes for")
+    p.add_argument(
+        "--max-window", type=int, default=None, help="most snippets per head call (default 256 + 2 x exact lookahead)"
+    )
+    p.add_argument("--opt-window", type=int, default=None, help="head length tuned for (default 2 x lookahead + 1)")
+    p.add_argument("--trt", action="store_true", help="also build TensorRT engines now (run this on the target)")
+    p.add_argument("--workspace-gb", type=float, default=DEFAULT_WORKSPACE_GB, help="TensorRT workspace pool limit")
+    p.add_argument("--probe-frames", type=int, default=2, help="procedural frames (50 crops each) the gates encode")
+    p.add_argument("--encoder-gate", type=float, default=0.999, help="fp32/fp16 encoder: min centered cosine")
+    p.add_argument("--int8-gate", type=float, default=0.99, help="int8 encoder: min centered cosine")
+    p.add_argument("--head-gate", type=float, default=1e-3, help="head: max abs difference to PyTorch")
+    p.add_argument("--int8-per-channel", action="store_true", help="per-channel int8 weight scales")
+    p.add_argument("--alarm-threshold", type=float, default=0.5, help="snippet score that raises an alarm")
+    p.add_argument("--heat-threshold", type=float, default=0.5, help="heat above which pixels form boxes")
+    p.add_argument("--min-box-area", type=float, default=0.001, help="smallest box, fraction of the frame")
+    p.add_argument("--tau-loc", type=float, default=0.01, help="softmax temperature over localization queries")
+    p.add_argument("--fusion-lambda", type=float, default=0.5, help="weight of scale A in the fused heat map")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the manifest path")
+    return p
+
+
+def _thresholds(args: argparse.Namespace) -> dict[str, float]:
+    if not 0 <= args.fusion_lambda <= 1 or args.tau_loc <= 0 or not 0 <= args.min_box_area < 1:
+        raise UserError("need 0 <= --fusion-lambda <= 1, --tau-loc > 0 and 0 <= --min-box-area < 1")
+    return {
+        "alarm": args.alarm_threshold,
+        "heat": args.heat_threshold,
+        "min_box_area": args.min_box_area,
+        "tau_loc": args.tau_loc,
+        "fusion_lambda": args.fusion_lambda,
+    }
+
+
+def _print_next_steps(manifest) -> None:
+    """How to build the engines on the target, with stp-build or with trtexec alone."""
+    build = manifest.build
+    print(f"stp-export: build engines on the target: stp-build {manifest.path}")
+    jobs = [
+        ("encoder", manifest.precision["encoder"], encoder_profiles(build["max_batch"], build["opt_batch"])),
+        ("head", "fp32", head_profiles(manifest.dim, build["max_window"], build["opt_window"])),
+    ]
+    for role, precision, profiles in jobs:
+        onnx_path = manifest.file(role)
+        plan = manifest.stem.with_name(manifest.stem.name + ENGINE_SUFFIXES[role])
+        layers = onnx_fp32_layer_names(onnx_path) if precision == "fp16" else []
+        cache = manifest.stem.with_name(manifest.stem.name + ".timing.cache")
+        cmd = trtexec_command(onnx_path.name, plan.name, profiles, precision, build["workspace_gb"], cache.name, layers)
+        print(f"stp-export: or with trtexec ({role}): {shlex.join(cmd)}")
+
+
+@cli_entry("stp-export")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.trt and not tensorrt_available():
+        raise UserError(f"--trt: {TRT_MISSING}")
+    from .bundle import ExportOptions, export_bundle
+
+    opts = ExportOptions(
+        precision=args.precision,
+        int8_cpu=args.int8_cpu,
+        queries=args.queries,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
+        max_window=args.max_window,
+        opt_window=args.opt_window,
+        workspace_gb=args.workspace_gb,
+        probe_frames=args.probe_frames,
+        encoder_gate=args.encoder_gate,
+        int8_gate=args.int8_gate,
+        head_gate=args.head_gate,
+        int8_per_channel=args.int8_per_channel,
+        strict_ops=args.trt,
+        thresholds=_thresholds(args),
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    path = export_bundle(args.ckpt, args.out, opts, log=log)
+
+    from .manifest import load_manifest
+
+    manifest = load_manifest(path)
+    if not args.quiet:
+        for role in manifest.raw["files"]:
+            entry = manifest.raw["files"][role]
+            print(f"stp-export: {role:13s} {entry['path']} ({entry['bytes'] / 1e6:.2f} MB)", file=sys.stderr)
+    if args.trt:
+        from .trt_build import build_bundle_engines
+
+        build_bundle_engines(path, log=log)
+    elif not args.quiet:
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            _print_next_steps(manifest)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The bundle manifest `model.json`: what every bundle file is, how inputs are made, and that files are intact.
+
+Torch-free (json, hashlib, numpy only): the runtime reads bundles on appliances without torch. Every bundle
+file is listed under `files` with its sha256; `load_manifest` refuses a bundle whose files were modified,
+truncated or are missing, naming the file, because a silently swapped graph gives plausible wrong scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..fileio import atomic_write_json
+
+FORMAT = "stprompt-bundle/1"
+SUFFIX = ".json"
+
+# file roles and the file name suffix each gets after the bundle stem (out/model -> out/model.onnx, ...)
+ROLE_SUFFIXES = {
+    "encoder": ".onnx",  # fp32 image encoder: the reference graph and the TensorRT build input
+    "encoder_fp16": ".fp16.onnx",  # --precision fp16: fp16 weights/matmuls, normalisations and softmax in fp32
+    "encoder_int8": ".int8.onnx",  # --int8-cpu: dynamic int8 MatMul/Gemm weights for ONNX Runtime on CPU
+    "head": ".head.onnx",  # temporal head, T dynamic, prompts baked in
+    "queries": ".queries.npz",  # localization query embeddings
+}
+REQUIRED_ROLES = ("encoder", "head", "queries")
+ENGINE_SUFFIXES = {"encoder": ".plan", "head": ".head.plan"}
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "clip": str,
+    "clip_sha256": str,
+    "dim": int,
+    "preprocess": dict,
+    "sampling": dict,
+    "windows": dict,
+    "classes": list,
+    "class_phrases": list,
+    "queries": dict,
+    "head": dict,
+    "thresholds": dict,
+    "files": dict,
+    "precision": dict,
+    "gates": dict,
+    "versions": dict,
+    "created": str,
+}
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(path: str | os.PathLike) -> dict[str, Any]:
+    """The `files` record of one bundle file: its name relative to the manifest, sha256 and size."""
+    p = Path(path)
+    return {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def manifest_path(stem_or_path: str | os.PathLike) -> Path:
+    """`out/model`, `out/model.json` -> `out/model.json`."""
+    p = Path(stem_or_path)
+    return p if p.suffix == SUFFIX else p.with_name(p.name + SUFFIX)
+
+
+def bundle_stem(path: str | os.PathLike) -> Path:
+    """`out/model.json` or `out/model` -> `out/model` (the prefix every bundle file name starts with)."""
+    p = Path(path)
+    return p.with_name(p.name[: -len(SUFFIX)]) if p.name.endswith(SUFFIX) else p
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated bundle manifest. `raw` is the JSON document; the common fields are typed attributes."""
+
+    path: Path
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def stem(self) -> Path:
+        return bundle_stem(self.path)
+
+    @property
+    def clip(self) -> str:
+        return self.raw["clip"]
+
+    @property
+    def clip_sha256(self) -> str:
+        return self.raw["clip_sha256"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.raw["dim"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.raw["classes"])
+
+    @property
+    def stride(self) -> int:
+        return int(self.raw["sampling"]["stride"])
+
+    @property
+    def offset(self) -> int:
+        return int(self.raw["sampling"]["offset"])
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.raw["thresholds"])
+
+    @property
+    def head(self) -> dict[str, Any]:
+        return dict(self.raw["head"])
+
+    @property
+    def precision(self) -> dict[str, Any]:
+        return dict(self.raw["precision"])
+
+    @property
+    def gates(self) -> dict[str, Any]:
+        return dict(self.raw["gates"])
+
+    @property
+    def engines(self) -> dict[str, Any]:
+        return dict(self.raw.get("engines") or {})
+
+    @property
+    def build(self) -> dict[str, Any]:
+        return dict(self.raw.get("build") or {})
+
+    def has(self, role: str) -> bool:
+        return role in self.raw["files"]
+
+    def file(self, role: str) -> Path:
+        """Absolute path of a bundle file by role (encoder, encoder_fp16, encoder_int8, head, queries)."""
+        if role not in self.raw["files"]:
+            have = ", ".join(sorted(self.raw["files"]))
+            raise UserError(f"{self.path.name}: bundle has no {role!r} file (it has: {have})")
+        return self.root / self.raw["files"][role]["path"]
+
+    def engine(self, role: str) -> Path | None:
+        """Path of the TensorRT plan built for `role` (encoder, head), or None before `stp-build` ran."""
+        record = self.engines.get(role)
+        return self.root / record["path"] if record else None
+
+    def load_queries(self) -> tuple[Any, Any, list[str]]:
+        """(embeddings [Q, D] float32, abnormal [Q] bool, texts) of the localization queries."""
+        import numpy as np
+
+        with np.load(self.file("queries"), allow_pickle=False) as z:
+            return z["embeddings"].astype(np.float32), z["abnormal"].astype(bool), list(self.raw["queries"]["texts"])
+
+
+def _check_fields(doc: Any, name: str) -> None:
+    if not isinstance(doc, dict):
+        raise UserError(f"{name}: not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise UserError(f"{name}: 'format' must be {FORMAT!r}, got {doc.get('format')!r}")
+    for key, kind in _REQUIRED.items():
+        if key not in doc:
+            raise UserError(f"{name}: missing field {key!r}")
+        if not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool)):
+            raise UserError(f"{name}: field {key!r} must be {getattr(kind, '__name__', kind)}")
+    if doc["dim"] < 1 or len(doc["clip_sha256"]) != 64:
+        raise UserError(f"{name}: invalid 'dim' or 'clip_sha256'")
+    classes, phrases = doc["classes"], doc["class_phrases"]
+    if len(classes) < 2 or len(phrases) != len(classes) or not all(isinstance(c, str) for c in classes + phrases):
+        raise UserError(f"{name}: 'classes' and 'class_phrases' must be equal-length lists of >= 2 names")
+    sampling = doc["sampling"]
+    if (
+        not isinstance(sampling.get("stride"), int)
+        or sampling["stride"] < 1
+        or not isinstance(sampling.get("offset"), int)
+    ):
+        raise UserError(f"{name}: 'sampling' needs integer 'stride' >= 1 and 'offset'")
+    texts, n_normal = doc["queries"].get("texts"), doc["queries"].get("n_normal")
+    if not isinstance(texts, list) or not isinstance(n_normal, int) or not 0 < n_normal < len(texts):
+        raise UserError(f"{name}: 'queries' needs 'texts' and 0 < 'n_normal' < len(texts)")
+    if doc["head"].get("dim") != doc["dim"] or doc["head"].get("n_classes") != len(classes):
+        raise UserError(f"{name}: 'head' settings do not match 'dim' / 'classes'")
+    for key in ("alarm", "heat", "min_box_area", "tau_loc", "fusion_lambda"):
+        if not isinstance(doc["thresholds"].get(key), (int, float)):
+            raise UserError(f"{name}: 'thresholds' needs a number {key!r}")
+    for role in REQUIRED_ROLES:
+        if role not in doc["files"]:
+            raise UserError(f"{name}: 'files' lacks the {role!r} file")
+    for role, entry in doc["files"].items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("path"), str)
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise UserError(f"{name}: files[{role!r}] needs 'path' and 'sha256'")
+        rel = entry["path"]
+        if not rel or Path(rel).name != rel or rel in (".", ".."):
+            raise UserError(f"{name}: files[{role!r}] path {rel!r} must be a plain file name beside the manifest")
+
+
+def verify_files(doc: dict[str, Any], root: Path) -> None:
+    """Refuse missing files and files whose sha256 differs from the manifest's, naming the file."""
+    for entry in doc["files"].values():
+        p = root / entry["path"]
+        if not p.is_file():
+            raise UserError(f"{entry['path']}: missing from the bundle in {root} (copy every file the manifest lists)")
+        if sha256_file(p) != entry["sha256"]:
+            raise UserError(f"{entry['path']}: sha256 mismatch (bundle modified or corrupt)")
+
+
+def load_manifest(path: str | os.PathLike, verify: bool = True) -> Manifest:
+    """Read and validate `model.json` (or the stem `model`); with `verify`, check every file's sha256."""
+    p = manifest_path(path)
+    if not p.is_file():
+        raise UserError(f"bundle manifest not found: {p}")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{p.name}: not valid JSON ({err})") from None
+    _check_fields(doc, p.name)
+    if verify:
+        verify_files(doc, p.parent)
+    return Manifest(path=p.resolve(), raw=doc)
+
+
+def write_manifest(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
+    """Validate (without hashing again) and write atomically; returns the manifest path."""
+    p = manifest_path(path)
+    _check_fields(doc, p.name)
+    atomic_write_json(p, doc)
+    return p

@@ -1,0 +1,109 @@
+"""Export the two graphs of a bundle: the CLIP image encoder and the temporal head.
+
+Encoder: the TorchScript (legacy) exporter, opset 17 (one LayerNormalization node per LN), fp32 weights on
+CPU, with PyTorch's fused MultiheadAttention fast path off (the tracer cannot export the fused kernel).
+
+Head: the dynamo exporter with a symbolic T. The legacy tracer cannot keep T symbolic here: the banded
+adapter's depthwise kernel is built as `kernel.expand(d, 1, -1)` from `x.shape`, which the tracer turns into a
+convolution "of unknown kernel shape", and SA2's `torch.arange(t)` would be frozen. The dynamo exporter
+traces the unchanged `STPromptHead.forward`, so the graph cannot drift from the PyTorch head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+
+import torch
+from torch import nn
+
+from ..model.head import STPromptHead
+
+ENCODER_OPSET = 17
+HEAD_OPSET = 18  # the dynamo exporter's native opset; TensorRT 10 parses opsets 9-20 (10.0) and later
+ENCODER_INPUTS, ENCODER_OUTPUTS = ["images"], ["embeddings"]
+HEAD_INPUTS, HEAD_OUTPUTS = ["x_clip", "x_patch"], ["score", "score_c", "probs"]
+_EXAMPLE_T = 53  # trace length: unlike every static dimension (49 windows, D, 1 + C, K, 2R + 1)
+
+
+class EncoderGraph(nn.Module):
+    """images [N, 3, 224, 224] (CLIP-normalised) -> projected CLS embeddings [N, D], not L2-normalised."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.clip = clip_model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images)
+
+
+class HeadGraph(nn.Module):
+    """One video, all snippets valid: x_clip [T, D], x_patch [T, 49, D] -> score [T], score_c [T], probs [T, 1+C].
+
+    The learned prompt embeddings are a buffer, so they become constants of the graph (no text encoder at
+    run time). Calls the unchanged `STPromptHead.forward` with batch 1 and an all-ones mask.
+    """
+
+    def __init__(self, head: STPromptHead, prompts: torch.Tensor):
+        super().__init__()
+        self.head = head.eval()
+        self.register_buffer("prompts", prompts.detach().to(torch.float32).clone())
+
+    def forward(self, x_clip: torch.Tensor, x_patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xc, xp = x_clip.unsqueeze(0), x_patch.unsqueeze(0)
+        out = self.head(xc, xp, torch.ones_like(xc[..., 0]), self.prompts)
+        return out.score[0], out.score_c[0], out.probs[0]
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """The exporters print progress and deprecation chatter; a CLI prints its own summary instead."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_encoder(clip_model: nn.Module, path: str | os.PathLike, batch: int = 2) -> None:
+    """Write the image encoder ONNX (N dynamic) to `path`."""
+    graph = EncoderGraph(clip_model).eval().float().cpu()
+    example = torch.zeros(batch, 3, 224, 224)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), _quiet_export():
+            torch.onnx.export(
+                graph,
+                (example,),
+                os.fspath(path),
+                input_names=ENCODER_INPUTS,
+                output_names=ENCODER_OUTPUTS,
+                dynamic_axes={"images": {0: "N"}, "embeddings": {0: "N"}},
+                opset_version=ENCODER_OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def export_head(head: STPromptHead, prompts: torch.Tensor, path: str | os.PathLike) -> None:
+    """Write the temporal head ONNX (T dynamic, prompts baked in) to `path`."""
+    graph = HeadGraph(head, prompts).eval().float().cpu()
+    d = head.cfg.dim
+    gen = torch.Generator().manual_seed(0)
+    example = (torch.randn(_EXAMPLE_T, d, generator=gen), torch.randn(_EXAMPLE_T, 49, d, generator=gen))
+    t = torch.export.Dim("T", min=1, max=1 << 20)
+    with torch.no_grad(), _quiet_export():
+        program = torch.onnx.export(
+            graph,
+            example,
+            input_names=HEAD_INPUTS,
+            output_names=HEAD_OUTPUTS,
+            dynamic_shapes={"x_clip": {0: t}, "x_patch": {0: t}},
+            opset_version=HEAD_OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(os.fspath(path))
