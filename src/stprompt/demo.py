@@ -1,7 +1,8 @@
 """`stp-demo`: the whole offline chain on an embedded default, on CPU, in a few minutes.
 
 synthetic dataset (stp-synth) -> features (stp-extract, stp-tiny random CLIP, with scale-B windows) ->
-training (stp-train) -> evaluation with localization (stp-eval --localize) -> OUT/summary.json.
+training (stp-train) -> evaluation with localization (stp-eval --localize) -> bundle (stp-export) ->
+streaming run on a test video (stp-run: events + annotated video) -> OUT/summary.json.
 Each step is the same console verb a user runs, called in-process; a finished step is not redone when the
 demo is run again into the same folder (extraction resumes, the dataset is kept).
 """
@@ -85,6 +86,20 @@ def main(argv: list[str] | None = None) -> int:
         capture_stdout=True,
     )  # fmt: skip
     metrics = json.loads(report)
+    from .export import cli as export_cli
+    from .runtime import cli as run_cli
+
+    stem = out / "bundle" / "model"
+    _step("export", export_cli.main, ["--ckpt", str(model), "--out", str(stem), "--quiet"])
+    annotations = json.loads((data / "annotations.json").read_text())
+    test_videos = [v for v in annotations["videos"] if v["split"] == "test"]
+    shown = next((v for v in test_videos if v["label"] != "normal"), test_videos[0])
+    _step(
+        "run",
+        run_cli.main,
+        [str(data / shown["path"]), "--engine", f"{stem}.onnx", "--events", str(out / "events.jsonl"),
+         "--video-out", str(out / "annotated.mp4"), "--quiet"],
+    )  # fmt: skip
     summary = {
         "metrics": metrics,
         "clip": args.clip,
@@ -95,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint": str(model),
             "predictions": str(out / "predictions.json"),
             "plots": str(out / "plots"),
+            "bundle": f"{stem}.json",
+            "events": str(out / "events.jsonl"),
+            "annotated_video": str(out / "annotated.mp4"),
+            "streamed_video": shown["path"],
         },
         "note": "random CLIP weights carry no semantics: the numbers show the chain works, not what real CLIP reaches",
     }

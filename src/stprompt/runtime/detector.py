@@ -1,0 +1,248 @@
+"""The per-frame work of stp-run, for any number of streams (SPEC.md + DESIGN.md runtime pipeline).
+
+sample one frame in `stride` -> resize + scale-A windows (`stprompt.windows`, the code stp-extract runs) ->
+one batched encoder call for the sampled frames of all streams -> per-stream streaming head -> frame events
+-> alarms (hysteresis) -> on alarm: scale-B windows, heat map, boxes -> alarm events.
+
+A snippet enters the head only once its `stride` frames have all been seen, as offline (the tail shorter
+than `stride` is dropped at the end of a stream), so streamed scores with exact lookahead equal stp-eval's.
+Torch-free: it needs numpy, cv2, numba and a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import windows
+from ..errors import UserError
+from ..kernels.boxes import extract_boxes
+from ..localize.heat import LocalizeSettings, frame_heat
+from .stream import SnippetResult, StreamingHead
+
+
+@dataclass
+class _Frame:
+    image: np.ndarray
+    index: int
+    time: float
+
+
+@dataclass
+class AlarmSettings:
+    on: float = 0.5  # a snippet at or above starts (or continues) an alarm
+    off: float = 0.4  # an alarm ends at the first snippet below
+    min_snippets: int = 1  # consecutive snippets at or above `on` before an alarm starts
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.off <= self.on <= 1 or self.min_snippets < 1:
+            raise UserError(f"need 0 <= alarm off ({self.off}) <= on ({self.on}) <= 1 and min duration >= 1")
+
+
+@dataclass
+class Sampled:
+    """What a snippet needs until it is scored: its frame for localization and drawing, and x_patch."""
+
+    frame_index: int
+    time: float
+    image: np.ndarray  # the source frame (BGR)
+    small: np.ndarray  # 224x224 resize (scale-B windows are cut from it)
+    x_clip: np.ndarray
+    x_patch: np.ndarray  # [49, D]
+
+
+@dataclass
+class StreamState:
+    head: StreamingHead
+    waiting: Sampled | None = None  # sampled, its stride frames not all seen yet
+    snippets: dict[int, Sampled] = field(default_factory=dict)  # pushed, not scored yet
+    last_frame: int = -1
+    alarm: bool = False
+    run: int = 0
+
+
+@dataclass
+class Snippet:
+    """A scored snippet, handed to sinks: its frame event, and when alarmed its heat map and boxes."""
+
+    source: str
+    event: dict[str, Any]
+    image: np.ndarray
+    heat: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+
+
+class Detector:
+    """Feed frames of one or more streams; get frame and alarm events (JSON-ready dicts)."""
+
+    def __init__(
+        self,
+        backend,
+        manifest,
+        *,
+        lookahead: int | None = None,
+        alarm: AlarmSettings | None = None,
+        localize: LocalizeSettings | None = None,
+        max_batch: int = 256,
+        on_snippet: Callable[[Snippet], None] | None = None,
+    ):
+        self.backend = backend
+        self.manifest = manifest
+        self.stride, self.offset = int(manifest.stride), int(manifest.offset)
+        self.classes = list(manifest.classes)
+        self.context = int(manifest.head["exact_lookahead"])
+        self.lookahead = self.context if lookahead is None else int(lookahead)
+        if self.lookahead < 0:
+            raise UserError("--lookahead must be >= 0")
+        thr = manifest.thresholds
+        self.alarm = alarm or AlarmSettings(on=float(thr["alarm"]), off=min(0.4, float(thr["alarm"])))
+        self.localize = localize or LocalizeSettings(
+            tau_loc=float(thr["tau_loc"]),
+            fusion_lambda=float(thr["fusion_lambda"]),
+            heat_threshold=float(thr["heat"]),
+            min_box_area=float(thr["min_box_area"]),
+        )
+        self.queries, self.abnormal, _ = manifest.load_queries()
+        self.max_batch = max(windows.crops_per_frame(), int(max_batch))
+        self.on_snippet = on_snippet
+        self.streams: dict[str, StreamState] = {}
+        self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0}
+
+    # -- public ---------------------------------------------------------------------------------------
+    def process(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        """Frames (source id, Frame with .image/.index/.time) of any streams, in order per stream."""
+        sampled = [(sid, f) for sid, f in items if f.index % self.stride == self.offset]
+        embeddings = self._encode([windows.encoder_batch(f.image) for _, f in sampled])
+        per_frame = windows.crops_per_frame()
+        ready: dict[int, Sampled] = {}
+        for i, (sid, f) in enumerate(sampled):
+            emb = embeddings[i * per_frame : (i + 1) * per_frame]
+            small = windows.resize_frame(f.image)
+            ready[id(f)] = Sampled(f.index, f.time, f.image, small, emb[0], emb[1:])
+        events: list[dict[str, Any]] = []
+        for sid, f in items:
+            state = self._state(sid)
+            state.last_frame = f.index
+            events += self._complete(sid, state)
+            if id(f) in ready:
+                if state.waiting is not None:  # frames were dropped (live source): push it as it is
+                    events += self._complete(sid, state, force=True)
+                state.waiting = ready[id(f)]
+                events += self._complete(sid, state)
+        return events
+
+    def feed(self, image: np.ndarray, source: str = "api", time: float | None = None) -> list[dict[str, Any]]:
+        """Python API: the next frame of `source` (frames counted per source; time defaults to index / fps)."""
+        state = self._state(source)
+        index = state.last_frame + 1
+        return self.process([(source, _Frame(image, index, index / 25.0 if time is None else time))])
+
+    def finish(self, source: str) -> list[dict[str, Any]]:
+        """End of a stream: drop an incomplete last snippet, score the rest with the true end."""
+        state = self.streams.pop(source, None)
+        if state is None:
+            return []
+        events = self._emit(source, state, state.head.flush())
+        if state.alarm:
+            events.append(self._alarm_end(source, state, events))
+        return events
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _state(self, sid: str) -> StreamState:
+        if sid not in self.streams:
+            head = StreamingHead(self.backend.head, self.backend.dim, self.context, self.lookahead)
+            self.streams[sid] = StreamState(head=head)
+        return self.streams[sid]
+
+    def _encode(self, batches: list[np.ndarray]) -> np.ndarray:
+        if not batches:
+            return np.zeros((0, self.backend.dim), np.float32)
+        images = np.concatenate(batches, axis=0)
+        outs = []
+        for start in range(0, len(images), self.max_batch):
+            outs.append(self.backend.encode(images[start : start + self.max_batch]))
+            self.stats["encoder_calls"] += 1
+        self.stats["crops"] += len(images)
+        self.stats["sampled"] += len(batches)
+        return np.concatenate(outs, axis=0)
+
+    def _complete(self, sid: str, state: StreamState, force: bool = False) -> list[dict[str, Any]]:
+        """Push the waiting snippet once all of its stride frames have arrived."""
+        w = state.waiting
+        if w is None or (not force and state.last_frame < (w.frame_index - self.offset) + self.stride - 1):
+            return []
+        state.waiting = None
+        state.snippets[state.head.received] = w
+        return self._emit(sid, state, state.head.push(w.x_clip, w.x_patch))
+
+    def _emit(self, sid: str, state: StreamState, results: list[SnippetResult]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for r in results:
+            s = state.snippets.pop(r.index)
+            self.stats["snippets"] += 1
+            top = int(np.argmax(r.probs))
+            event = {
+                "type": "frame",
+                "source": sid,
+                "frame": s.frame_index,
+                "time": round(float(s.time), 4),
+                "score": r.score,
+                "score_c": r.score_c,
+                "class": self.classes[top],
+                "probs": [float(p) for p in r.probs],
+            }
+            events.append(event)
+            snippet = Snippet(source=sid, event=event, image=s.image)
+            alarm_event = self._update_alarm(sid, state, r, s, event)
+            if alarm_event is not None:
+                if alarm_event["state"] != "end":
+                    snippet.heat, snippet.boxes = self._locate(s)
+                    alarm_event["boxes"] = np.round(snippet.boxes, 2).tolist()
+                events.append(alarm_event)
+            if self.on_snippet is not None:
+                self.on_snippet(snippet)
+        return events
+
+    def _update_alarm(self, sid, state: StreamState, r: SnippetResult, s: Sampled, event) -> dict | None:
+        base = {"type": "alarm", "source": sid, "frame": s.frame_index, "time": event["time"], "score": r.score}
+        if state.alarm:
+            if r.score < self.alarm.off:
+                state.alarm, state.run = False, 0
+                return {**base, "state": "end"}
+            return {**base, "state": "ongoing", "class": self._anomaly_class(r.probs)}
+        state.run = state.run + 1 if r.score >= self.alarm.on else 0
+        if state.run >= self.alarm.min_snippets:
+            state.alarm = True
+            self.stats["alarms"] += 1
+            return {**base, "state": "start", "class": self._anomaly_class(r.probs)}
+        return None
+
+    def _alarm_end(self, sid: str, state: StreamState, events: list[dict]) -> dict[str, Any]:
+        last = next((e for e in reversed(events) if e["type"] == "frame"), None)
+        state.alarm = False
+        return {"type": "alarm", "source": sid, "state": "end", "frame": last["frame"] if last else state.last_frame,
+                "time": last["time"] if last else None, "score": last["score"] if last else None}  # fmt: skip
+
+    def _anomaly_class(self, probs: np.ndarray) -> str:
+        return self.classes[1 + int(np.argmax(probs[1:]))]
+
+    def _locate(self, s: Sampled) -> tuple[np.ndarray, np.ndarray]:
+        """Scale-B windows of the snippet's frame, the fused heat map and its boxes (source pixels)."""
+        crops_b = windows.normalize(windows.window_crops(s.small, windows.SCALE_B))
+        x_patch_b = self._encode_extra(crops_b)
+        h, w = s.image.shape[:2]
+        g_a, g_b = windows.SCALE_A.grid, windows.SCALE_B.grid
+        heat = frame_heat(
+            s.x_patch.reshape(g_a, g_a, -1), x_patch_b.reshape(g_b, g_b, -1), self.queries, self.abnormal, w, h,
+            self.localize,
+        )  # fmt: skip
+        min_area = max(1, int(np.ceil(self.localize.min_box_area * w * h)))
+        return heat, extract_boxes(heat, self.localize.heat_threshold, min_area)
+
+    def _encode_extra(self, crops: np.ndarray) -> np.ndarray:
+        self.stats["encoder_calls"] += 1
+        self.stats["crops"] += len(crops)
+        return self.backend.encode(crops)

@@ -1,0 +1,204 @@
+"""stp-run end to end on the tiny dataset: scores equal stp-eval's, several sources, sinks, user errors, SIGINT."""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from stprompt import evaluate, extract, train, windows
+from stprompt.export import cli as export_cli
+from stprompt.runtime import cli as run_cli
+
+from conftest import write_video
+
+STRIDE = 8
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_dataset, tmp_path_factory):
+    """features (stride 8) -> model.pt -> bundle -> stp-eval predictions for the test videos."""
+    root = tmp_path_factory.mktemp("run")
+    feats, ckpt, stem = root / "features", root / "model.pt", root / "bundle" / "model"
+    assert extract.main([str(tiny_dataset), "--out", str(feats), "--stride", str(STRIDE), "--quiet"]) == 0
+    assert train.main([str(feats), "--out", str(ckpt), "--epochs", "3", "--batch", "4", "--quiet"]) == 0
+    assert export_cli.main(["--ckpt", str(ckpt), "--out", str(stem), "--quiet"]) == 0
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert evaluate.main([str(feats), "--ckpt", str(ckpt), "--predictions", str(root / "pred.json")]) == 0
+    return {"root": root, "features": feats, "stem": stem, "pred": json.loads((root / "pred.json").read_text())}
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(argv, capsys=None) -> int:
+    return run_cli.main(argv)
+
+
+def test_streamed_scores_equal_offline_scores(chain, tiny_dataset, tmp_path):
+    events_path = tmp_path / "events.jsonl"
+    video = tiny_dataset / "videos/test_5.mp4"
+    engine = str(chain["stem"]) + ".onnx"
+    assert run_cli.main([str(video), "--engine", engine, "--events", str(events_path), "--quiet"]) == 0
+    frames = [e for e in read_events(events_path) if e["type"] == "frame"]
+    offline = chain["pred"]["videos/test_5.mp4"]
+    assert [e["frame"] for e in frames] == offline["frames"]
+    np.testing.assert_allclose([e["score"] for e in frames], offline["scores"], atol=1e-5)
+    np.testing.assert_allclose([e["score_c"] for e in frames], offline["scores_c"], atol=1e-5)
+    np.testing.assert_allclose([e["probs"] for e in frames], offline["probs"], atol=1e-5)
+    assert all(e["source"] == str(video) and e["class"] in ("normal", "Fighting") for e in frames)
+
+
+def test_runtime_features_equal_extracted_features(chain, tiny_dataset):
+    from stprompt.data.features import FeatureStore
+    from stprompt.runtime.backends import open_backend
+
+    backend, _ = open_backend(str(chain["stem"]) + ".onnx")
+    store = FeatureStore.open(chain["features"])
+    arrays = store.load("videos__test_4")
+    cap = cv2.VideoCapture(str(tiny_dataset / "videos/test_4.mp4"))
+    index, checked = 0, 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if index % STRIDE == STRIDE // 2 and checked < len(arrays["frames"]):
+            emb = backend.encode(windows.encoder_batch(frame))
+            np.testing.assert_allclose(emb[0], arrays["x_clip"][checked], atol=1e-5)
+            np.testing.assert_allclose(emb[1:], arrays["x_patch"][checked].reshape(49, -1), atol=1e-5)
+            checked += 1
+        index += 1
+    assert checked == len(arrays["frames"])
+
+
+def test_two_sources_give_each_the_scores_it_gets_alone(chain, tiny_dataset, tmp_path):
+    engine = str(chain["stem"]) + ".onnx"
+    a, b = tiny_dataset / "videos/test_4.mp4", tiny_dataset / "videos/test_5.mp4"
+    both = tmp_path / "both.jsonl"
+    assert run_cli.main([str(a), str(b), "--engine", engine, "--events", str(both), "--quiet"]) == 0
+    events = [e for e in read_events(both) if e["type"] == "frame"]
+    for i, path in enumerate((a, b)):
+        rel = f"videos/{path.name}"
+        mine = [e["score"] for e in events if e["source"] == f"{i}:{path}"]
+        np.testing.assert_allclose(mine, chain["pred"][rel]["scores"], atol=1e-5)
+
+
+def test_alarms_bracket_anomalies_and_carry_boxes_and_video_is_written(chain, tiny_dataset, tmp_path):
+    events_path, video_out = tmp_path / "e.jsonl", tmp_path / "out.mp4"
+    engine = str(chain["stem"]) + ".onnx"
+    argv = [str(tiny_dataset / "videos/test_5.mp4"), "--engine", engine, "--events", str(events_path),
+            "--video-out", str(video_out), "--alarm-on", "0", "--alarm-off", "0", "--quiet"]  # fmt: skip
+    assert run_cli.main(argv) == 0
+    alarms = [e for e in read_events(events_path) if e["type"] == "alarm"]
+    states = [e["state"] for e in alarms]
+    assert states[0] == "start" and states[-1] == "end" and set(states[1:-1]) <= {"ongoing"}
+    for e in alarms[:-1]:
+        for x1, y1, x2, y2, score in e["boxes"]:
+            assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 120 and score >= 0.5
+    cap = cv2.VideoCapture(str(video_out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 48 // STRIDE
+
+
+def test_python_api_feeds_frames_and_gets_the_same_events(chain, tiny_dataset):
+    from stprompt.runtime.api import open_detector
+
+    detector = open_detector(str(chain["stem"]) + ".onnx")
+    cap = cv2.VideoCapture(str(tiny_dataset / "videos/test_5.mp4"))
+    events = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        events += detector.feed(frame, source="cam")
+    events += detector.finish("cam")
+    scores = [e["score"] for e in events if e["type"] == "frame"]
+    np.testing.assert_allclose(scores, chain["pred"]["videos/test_5.mp4"]["scores"], atol=1e-5)
+
+
+def corrupt(tmp_path) -> str:
+    p = tmp_path / "corrupt.mp4"
+    p.write_bytes(os.urandom(4000))
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing_file", "not found"),
+        ("corrupt_video", "corrupt.mp4"),
+        ("missing_camera", "camera"),
+        ("other_bundle_engine", "not part of bundle"),
+        ("wrong_hash", "sha256 mismatch"),
+        ("unreadable_onnx", "model.onnx"),
+    ],
+)
+def test_bad_inputs_end_in_one_line(case, needle, chain, tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    video = str(tiny_dataset / "videos/test_5.mp4")
+    engine = str(chain["stem"]) + ".onnx"
+    if case == "missing_file":
+        argv = [str(tmp_path / "nope.mp4"), "--engine", engine]
+    elif case == "corrupt_video":
+        argv = [corrupt(tmp_path), "--engine", engine]
+    elif case == "missing_camera":
+        argv = ["camera9", "--engine", engine]
+    else:
+        copy = tmp_path / "b"
+        shutil.copytree(chain["stem"].parent, copy)
+        if case == "other_bundle_engine":  # an int8 encoder copied in from another export
+            data = bytearray((copy / "model.onnx").read_bytes())
+            data[-1] ^= 0xFF
+            (copy / "model.int8.onnx").write_bytes(bytes(data))
+            engine = str(copy / "model.int8.onnx")
+        elif case == "wrong_hash":
+            data = bytearray((copy / "model.head.onnx").read_bytes())
+            data[-1] ^= 0xFF
+            (copy / "model.head.onnx").write_bytes(bytes(data))
+            engine = str(copy / "model.onnx")
+        else:
+            (copy / "model.onnx").write_bytes(b"not onnx")
+            doc = json.loads((copy / "model.json").read_text())
+            from stprompt.export.manifest import sha256_file
+
+            doc["files"]["encoder"]["sha256"] = sha256_file(copy / "model.onnx")
+            doc["files"]["encoder"]["bytes"] = 8
+            (copy / "model.json").write_text(json.dumps(doc))
+            engine = str(copy / "model.onnx")
+        argv = [video, "--engine", engine]
+    assert run_cli.main(argv + ["--quiet", "--events", str(tmp_path / "e.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
+
+
+def test_sigint_leaves_valid_events_of_every_emitted_snippet(chain, tmp_path):
+    video = tmp_path / "long.mp4"
+    write_video(video, 1600, seed=3)
+    events_path = tmp_path / "events.jsonl"
+    cmd = [sys.executable, "-m", "stprompt.runtime.cli", str(video), "--engine", str(chain["stem"]) + ".onnx",
+           "--events", str(events_path), "--lookahead", "0", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not events_path.exists() or events_path.stat().st_size < 2000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    events = read_events(events_path)  # every line parses
+    frames = [e["frame"] for e in events if e["type"] == "frame"]
+    assert 0 < len(frames) < 1600 // STRIDE and frames == sorted(frames)
+    assert frames == [k * STRIDE + STRIDE // 2 for k in range(len(frames))]  # none missing
+    assert "interrupted" in err and "Traceback" not in err
