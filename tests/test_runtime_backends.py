@@ -302,3 +302,166 @@ def test_tensorrt_backend_matches_onnx_runtime(bundle_copy, inputs):
     with pytest.raises(UserError, match="exceeds"):
         trt_backend.head(np.zeros((33, manifest.dim), np.float32), np.zeros((33, 49, manifest.dim), np.float32))
     trt_backend.close()
+
+
+# --- TensorRT plumbing on CPU: fake tensorrt + cudart modules that run the bundle's ONNX graphs -----------------------
+
+
+class _FakeCudart:
+    """cuda.bindings.runtime stand-in: device memory is numpy buffers keyed by fake pointers."""
+
+    class cudaMemcpyKind:  # noqa: N801 - cuda-python's name
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    def __init__(self):
+        self.mem: dict[int, np.ndarray] = {}
+        self.next = 4096
+
+    def cudaSetDevice(self, d):  # noqa: N802
+        return (0,)
+
+    def cudaFree(self, p):  # noqa: N802
+        self.mem.pop(p, None)
+        return (0,)
+
+    def cudaMalloc(self, n):  # noqa: N802
+        p, self.next = self.next, self.next + n + 4096
+        self.mem[p] = np.zeros(n, np.uint8)
+        return 0, p
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
+        import ctypes
+
+        if kind == 1:
+            self.mem[dst][:n] = np.frombuffer((ctypes.c_uint8 * n).from_address(src), np.uint8)
+        else:
+            ctypes.memmove(dst, self.mem[src].ctypes.data, n)
+        return (0,)
+
+    def cudaStreamCreate(self):  # noqa: N802
+        return 0, 7
+
+    def cudaStreamSynchronize(self, s):  # noqa: N802
+        return (0,)
+
+    def cudaStreamDestroy(self, s):  # noqa: N802
+        return (0,)
+
+    def cudaGetDeviceProperties(self, d):  # noqa: N802
+        import types
+
+        return 0, types.SimpleNamespace(major=9, minor=0)
+
+
+def _fake_tensorrt(cudart: _FakeCudart):
+    """A `tensorrt` module whose plans are JSON {"onnx": graph, "max": {input: shape}} run by ONNX Runtime."""
+    import types
+
+    from stprompt.export.gates import ort_session
+
+    class Context:
+        def __init__(self, engine):
+            self.e, self.shapes, self.addr = engine, {}, {}
+
+        def set_input_shape(self, n, shape):
+            self.shapes[n] = tuple(shape)
+            if all(i in self.shapes for i in self.e.ins):
+                try:
+                    outs = self.e.sess.run(None, {i: np.zeros(self.shapes[i], np.float32) for i in self.e.ins})
+                except Exception:  # noqa: BLE001 - inputs not consistent yet (x_clip set, x_patch not)
+                    return
+                self.shapes.update({o: v.shape for o, v in zip(self.e.outs, outs, strict=True)})
+
+        def get_tensor_shape(self, n):
+            return self.shapes[n]
+
+        def set_tensor_address(self, n, p):
+            self.addr[n] = p
+
+        def execute_async_v3(self, stream):
+            feeds = {}
+            for i in self.e.ins:
+                feeds[i] = cudart.mem[self.addr[i]].view(np.float32)[: np.prod(self.shapes[i])].reshape(self.shapes[i])
+            outs = self.e.sess.run(None, feeds)
+            for o, v in zip(self.e.outs, outs, strict=True):
+                raw = np.ascontiguousarray(v, np.float32).view(np.uint8).ravel()
+                cudart.mem[self.addr[o]][: raw.size] = raw
+            return stream == 7
+
+    class Engine:
+        def __init__(self, spec):
+            self.sess, self.max = ort_session(spec["onnx"]), spec["max"]
+            self.ins = [i.name for i in self.sess.get_inputs()]
+            self.outs = [o.name for o in self.sess.get_outputs()]
+            self.num_io_tensors = len(self.ins) + len(self.outs)
+
+        def get_tensor_name(self, i):
+            return (self.ins + self.outs)[i]
+
+        def get_tensor_mode(self, n):
+            return 0 if n in self.ins else 1
+
+        def get_tensor_dtype(self, n):
+            return "float32"
+
+        def get_tensor_profile_shape(self, n, profile):
+            return [None, None, self.max[n]]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine(json.loads(data))
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.3.0"
+    trt.Logger = type("Logger", (), {"WARNING": 1, "__init__": lambda self, *a: None})
+    trt.TensorIOMode = types.SimpleNamespace(INPUT=0, OUTPUT=1)
+    trt.nptype = np.dtype
+    trt.Runtime = Runtime
+    return trt
+
+
+def test_tensorrt_backend_plumbing_with_fake_tensorrt(bundle_copy, inputs, ort_cpu, monkeypatch):
+    """Buffers at profile max, named-tensor I/O, batch splitting, window limit, cache-key refusal, freeing."""
+    import types
+
+    from stprompt.export.trt_build import expected_key
+
+    cudart = _FakeCudart()
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    for name, module in {"cuda": types.ModuleType("cuda"), "cuda.bindings": bindings,
+                         "cuda.bindings.runtime": cudart, "tensorrt": _fake_tensorrt(cudart)}.items():  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, module)
+    sys.modules["cuda"].bindings = bindings
+    m = load_manifest(bundle_copy)
+    write_manifest(bundle_copy, dict(m.raw, build=dict(m.raw["build"], max_batch=4, opt_batch=2, max_window=32,
+                                                       opt_window=9)))  # fmt: skip
+    m = load_manifest(bundle_copy)
+    d, engines = m.dim, {}
+    for role, name, shapes in [("encoder", "model.plan", {"images": [4, 3, 224, 224]}),
+                               ("head", "model.head.plan", {"x_clip": [32, d], "x_patch": [32, 49, d]})]:  # fmt: skip
+        plan = bundle_copy.with_name(name)
+        plan.write_text(json.dumps({"onnx": str(m.file(role)), "max": shapes}))
+        engines[role] = {"path": name, "sha256": sha256_file(plan), "key": expected_key(m, role, "10.3.0", "9.0")}
+    write_manifest(bundle_copy, dict(m.raw, engines=engines))
+
+    backend, _ = open_backend(bundle_copy.with_name("model.plan"), max_batch=256)
+    assert (backend.name, backend.max_batch, backend.max_window) == ("tensorrt", 4, 32)
+    report = parity(backend, ort_cpu, *inputs)  # 5 crops -> calls of 4 and 1
+    assert all(report[k]["max_abs"] == 0.0 for k in ("embeddings", "score", "score_c", "probs"))
+    with pytest.raises(UserError, match=r"x_clip \[33, .*exceeds the engine's profile max \[32"):
+        backend.head(np.zeros((33, d), np.float32), np.zeros((33, 49, d), np.float32))
+    backend.close()
+    assert cudart.mem == {}
+    with pytest.raises(UserError, match=r"model\.head\.plan is the bundle's temporal head"):
+        open_backend(bundle_copy.with_name("model.head.plan"))
+    engines["head"]["key"] = "built-elsewhere"
+    write_manifest(bundle_copy, dict(m.raw, engines=engines))
+    with pytest.raises(UserError, match=r"model\.head\.plan was not built for this bundle .*stp-build"):
+        open_backend(bundle_copy.with_name("model.plan"))

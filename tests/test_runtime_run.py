@@ -13,12 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import write_video
 
 from stprompt import evaluate, extract, train, windows
 from stprompt.export import cli as export_cli
 from stprompt.runtime import cli as run_cli
-
-from conftest import write_video
 
 STRIDE = 8
 

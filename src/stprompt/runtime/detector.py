@@ -118,7 +118,7 @@ class Detector:
         embeddings = self._encode([windows.encoder_batch(f.image) for _, f in sampled])
         per_frame = windows.crops_per_frame()
         ready: dict[int, Sampled] = {}
-        for i, (sid, f) in enumerate(sampled):
+        for i, (_, f) in enumerate(sampled):
             emb = embeddings[i * per_frame : (i + 1) * per_frame]
             small = windows.resize_frame(f.image)
             ready[id(f)] = Sampled(f.index, f.time, f.image, small, emb[0], emb[1:])
