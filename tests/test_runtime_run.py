@@ -201,3 +201,43 @@ def test_sigint_leaves_valid_events_of_every_emitted_snippet(chain, tmp_path):
     assert 0 < len(frames) < 1600 // STRIDE and frames == sorted(frames)
     assert frames == [k * STRIDE + STRIDE // 2 for k in range(len(frames))]  # none missing
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_readme_python_api_example_runs(chain, tiny_dataset, tmp_path, monkeypatch):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"\*\*Python API\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "bundle").symlink_to(chain["stem"].parent)
+    monkeypatch.chdir(tmp_path)
+    handled = []
+
+    def my_frames():
+        cap = cv2.VideoCapture(str(tiny_dataset / "videos/test_5.mp4"))
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+
+    exec(code, {"my_frames": my_frames, "handle": handled.append})
+    scores = [e["score"] for e in handled if e["type"] == "frame"]
+    np.testing.assert_allclose(scores, chain["pred"]["videos/test_5.mp4"]["scores"], atol=1e-5)
+
+
+def test_a_live_stream_that_dropped_the_sampled_frames_samples_the_next_ones(chain, tiny_dataset):
+    from stprompt.runtime.api import open_detector
+    from stprompt.runtime.sources import Frame
+
+    detector = open_detector(str(chain["stem"]) + ".onnx", lookahead=0)
+    cap = cv2.VideoCapture(str(tiny_dataset / "videos/test_5.mp4"))
+    items, index = [], 0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        if index % STRIDE != STRIDE // 2:  # the camera dropped exactly the frames we would sample
+            items.append(("live", Frame(image, index, index / 25)))
+        index += 1
+    events = detector.process(items) + detector.finish("live")
+    assert [e["frame"] for e in events if e["type"] == "frame"] == [5, 13, 21, 29, 37, 45]

@@ -56,7 +56,7 @@ def test_video_file_gives_every_frame_with_index_and_time(video, as_uri):
     assert np.all(np.abs(means - [level(i) for i in range(N_FRAMES)]) < 5) and np.all(np.diff(means) > 0)
     assert all(f.image.shape == (SIZE[1], SIZE[0], 3) and f.image.dtype == np.uint8 for f in frames)
     assert src.stats == {"frames": N_FRAMES, "dropped": 0, "reconnects": 0}
-    assert src.read() is None
+    assert src.read() is None and src.ended
     src.close()
     assert src.read() is None
 
@@ -230,6 +230,14 @@ def test_live_read_blocks_for_a_newer_frame():
     src.close()
 
 
+def test_live_read_timeout_is_not_the_end():
+    src = live(lambda: FakeCapture(3, period=0.3), reconnect=False)
+    assert src.read(timeout=0.01).index == 0
+    assert src.read(timeout=0.01) is None and not src.ended  # the camera is just slower than the timeout
+    src.close()
+    assert src.ended and src.read() is None
+
+
 def test_reconnect_with_backoff_after_failures():
     FakeCapture.serial = 0
     plan = [FakeCapture(5), FakeCapture(0, opened=False), FakeCapture(0), FakeCapture(5)]  # then nothing opens
@@ -249,7 +257,7 @@ def test_reconnect_with_backoff_after_failures():
     assert src.stats["reconnects"] == 1  # frames flowed again once; the final outage exhausted the attempts
     assert src.stats["frames"] + src.stats["dropped"] == 10
     assert got == sorted(set(got)) and got[-1] == 9
-    assert "no frames after 3 reconnect attempts" in src.error
+    assert "no frames after 3 reconnect attempts" in src.error and src.ended
     assert all(c.released for c in opened)
     src.close()
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from .backends import open_backend
     from .detector import Detector
     from .sinks import EventWriter, Status, VideoSink
-    from .sources import open_source
+    from .sources import open_source, redact
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = []
     try:
         for i, uri in enumerate(args.sources):
-            sid = uri if len(args.sources) == 1 else f"{i}:{uri}"
+            sid = redact(uri) if len(args.sources) == 1 else f"{i}:{redact(uri)}"
             sources.append(open_source(uri, source_id=sid))
         events = EventWriter(args.events)
     except UserError:
@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             live = any(s.live for s in active)
             while active and (sampled < per_batch) and not (live and chunk):
                 for src in list(active):
-                    frame = src.read()
+                    # a live source never blocks the others: wait briefly, then serve the next stream
+                    frame = src.read(timeout=0.02) if src.live else src.read()
+                    if frame is None and src.live and not src.ended:
+                        continue
                     if frame is None:
                         if chunk:
                             events.write(detector.process(chunk))
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     chunk.append((src.id, frame))
                     read += 1
-                    sampled += frame.index % manifest.stride == manifest.offset
+                    sampled += 1 if frame.index % manifest.stride == manifest.offset else 0
             if chunk:
                 events.write(detector.process(chunk))
             drops = sum(int(s.stats.get("dropped", 0)) for s in sources)

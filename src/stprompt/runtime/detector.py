@@ -60,6 +60,7 @@ class StreamState:
     waiting: Sampled | None = None  # sampled, its stride frames not all seen yet
     snippets: dict[int, Sampled] = field(default_factory=dict)  # pushed, not scored yet
     last_frame: int = -1
+    next_sample: int = 0  # native index of the next frame to sample (set from the offset on first use)
     alarm: bool = False
     run: int = 0
 
@@ -114,7 +115,7 @@ class Detector:
     # -- public ---------------------------------------------------------------------------------------
     def process(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         """Frames (source id, Frame with .image/.index/.time) of any streams, in order per stream."""
-        sampled = [(sid, f) for sid, f in items if f.index % self.stride == self.offset]
+        sampled = [(sid, f) for sid, f in items if self._take(sid, f.index)]
         embeddings = self._encode([windows.encoder_batch(f.image) for _, f in sampled])
         per_frame = windows.crops_per_frame()
         ready: dict[int, Sampled] = {}
@@ -151,10 +152,18 @@ class Detector:
         return events
 
     # -- internals ------------------------------------------------------------------------------------
+    def _take(self, sid: str, index: int) -> bool:
+        """Sample frames k*stride + offset; a live source that dropped that frame gives the next one instead."""
+        state = self._state(sid)
+        if index < state.next_sample:
+            return False
+        state.next_sample = ((index - self.offset) // self.stride + 1) * self.stride + self.offset
+        return True
+
     def _state(self, sid: str) -> StreamState:
         if sid not in self.streams:
             head = StreamingHead(self.backend.head, self.backend.dim, self.context, self.lookahead)
-            self.streams[sid] = StreamState(head=head)
+            self.streams[sid] = StreamState(head=head, next_sample=self.offset)
         return self.streams[sid]
 
     def _encode(self, batches: list[np.ndarray]) -> np.ndarray:
@@ -172,7 +181,8 @@ class Detector:
     def _complete(self, sid: str, state: StreamState, force: bool = False) -> list[dict[str, Any]]:
         """Push the waiting snippet once all of its stride frames have arrived."""
         w = state.waiting
-        if w is None or (not force and state.last_frame < (w.frame_index - self.offset) + self.stride - 1):
+        last_of_snippet = ((w.frame_index - self.offset) // self.stride + 1) * self.stride - 1 if w else 0
+        if w is None or (not force and state.last_frame < last_of_snippet):
             return []
         state.waiting = None
         state.snippets[state.head.received] = w

@@ -14,6 +14,7 @@ the caller's thread and never drop a frame, so a file gives exactly the frames `
 
 from __future__ import annotations
 
+import abc
 import math
 import re
 import sys
@@ -76,7 +77,7 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "source"
 
 
-class Source:
+class Source(abc.ABC):
     """A stream of frames. `read()` returns the next Frame, or None at the end of the stream (or after close).
 
     `size` is (width, height) of the first frame; `stats` counts frames returned, frames dropped (live sources
@@ -90,10 +91,19 @@ class Source:
         self.fps = fps
         self.size = size
         self.stats: dict[str, int] = {"frames": 0, "dropped": 0, "reconnects": 0}
+        self._done = False
 
-    def read(self) -> Frame | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read(self, timeout: float | None = None) -> Frame | None:
+        """The next frame, or None at the end. `timeout` (live sources only): None also when no new frame came
+        within `timeout` seconds; `ended` tells the two apart."""
 
+    @property
+    def ended(self) -> bool:
+        """True once the stream has ended or was closed (read() returns None from now on)."""
+        return self._done
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the device or file; later reads return None."""
 
@@ -133,7 +143,7 @@ class VideoFileSource(Source):
         self._pending: np.ndarray | None = image
         self._next = 0
 
-    def read(self) -> Frame | None:
+    def read(self, timeout: float | None = None) -> Frame | None:
         if self._cap is None:
             return None
         image, self._pending = self._pending, None
@@ -152,6 +162,7 @@ class VideoFileSource(Source):
             self._cap.release()
             self._cap = None
         self._pending = None
+        self._done = True
 
 
 class ImageFolderSource(Source):
@@ -178,8 +189,9 @@ class ImageFolderSource(Source):
             raise UserError(f"{path}: cannot read this image (corrupt or not an image)")
         return image
 
-    def read(self) -> Frame | None:
+    def read(self, timeout: float | None = None) -> Frame | None:
         if self._next >= len(self.files):
+            self._done = True
             return None
         image, self._pending = self._pending, None
         if image is None:
@@ -192,6 +204,7 @@ class ImageFolderSource(Source):
     def close(self) -> None:
         self._next = len(self.files)
         self._pending = None
+        self._done = True
 
 
 class LiveSource(Source):
@@ -282,17 +295,29 @@ class LiveSource(Source):
                 self._ended = True
                 self._cond.notify_all()
 
-    def read(self) -> Frame | None:
-        """The newest frame not yet returned; blocks until one exists. None once the stream ended or closed."""
+    def read(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame not yet returned; blocks until one exists (at most `timeout` s when given).
+
+        None once the stream ended or was closed, or on timeout (then `ended` is still False).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._latest is None and not self._ended and not self._stop.is_set():
-                self._cond.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
             if self._stop.is_set():
                 return None
             frame, self._latest = self._latest, None
             if frame is not None:
                 self.stats["frames"] += 1
             return frame
+
+    @property
+    def ended(self) -> bool:
+        with self._cond:
+            return self._stop.is_set() or (self._ended and self._latest is None)
 
     def close(self) -> None:
         self._stop.set()
