@@ -241,3 +241,26 @@ def test_a_live_stream_that_dropped_the_sampled_frames_samples_the_next_ones(cha
         index += 1
     events = detector.process(items) + detector.finish("live")
     assert [e["frame"] for e in events if e["type"] == "frame"] == [5, 13, 21, 29, 37, 45]
+
+
+def test_check_mode_compares_two_backends(chain, tiny_dataset, capsys):
+    stem = str(chain["stem"])
+    video = str(tiny_dataset / "videos/test_5.mp4")
+    assert run_cli.main([video, "--engine", stem + ".onnx", "--check", str(chain["root"] / "model.pt")]) == 2
+    assert "model.json" in capsys.readouterr().err  # a checkpoint needs its bundle's manifest beside it
+    import shutil
+
+    shutil.copy(chain["root"] / "model.pt", stem + ".pt")
+    assert run_cli.main([video, "--engine", stem + ".onnx", "--check", stem + ".pt", "--check-frames", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["crops"] == 100 and report["snippets"] == 2
+    assert report["embeddings"]["max_abs"] < 1e-4 and report["score"]["max_abs"] < 1e-5
+
+
+def test_show_without_gui_is_one_clear_line(chain, tiny_dataset, capsys):
+    if "GTK" in cv2.getBuildInformation() and os.environ.get("DISPLAY"):
+        pytest.skip("this OpenCV can open windows here")
+    argv = [str(tiny_dataset / "videos/test_5.mp4"), "--engine", str(chain["stem"]) + ".onnx", "--show", "--quiet"]
+    assert run_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--show" in err[0]

@@ -41,8 +41,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heat-threshold", type=float, default=None, help="box threshold on the heat map (bundle's)")
     p.add_argument("--min-box-area", type=float, default=None, help="smallest box, fraction of the frame (bundle's)")
     p.add_argument("--max-batch", type=int, default=256, help="most crops per encoder call (all streams together)")
+    p.add_argument("--show", action="store_true", help="a live window with the annotated frames (needs a display)")
+    p.add_argument(
+        "--check",
+        metavar="ENGINE",
+        help="parity mode: run --engine and this engine on the first sampled frames of the first SOURCE, "
+        "print their max errors as JSON, and exit",
+    )
+    p.add_argument("--check-frames", type=int, default=4, help="sampled frames compared by --check")
     p.add_argument("--quiet", action="store_true", help="no status line")
     return p
+
+
+def run_check(args, backend, manifest) -> int:
+    """Compare two backends on the same crops and snippets (stp-run --check)."""
+    import json
+
+    import numpy as np
+
+    from .. import windows
+    from .backends import open_backend, parity
+    from .sources import open_source
+
+    other, _ = open_backend(args.check, max_batch=args.max_batch)
+    src = open_source(args.sources[0])
+    crops = []
+    try:
+        while len(crops) < args.check_frames and (frame := src.read()) is not None:
+            if frame.index % manifest.stride == manifest.offset:
+                crops.append(windows.encoder_batch(frame.image))
+    finally:
+        src.close()
+    if not crops:
+        raise UserError(f"{args.sources[0]}: no sampled frame to compare (shorter than one stride)")
+    images = np.concatenate(crops)
+    emb = other.encode(images).reshape(len(crops), windows.crops_per_frame(), -1)
+    report = parity(backend, other, images, np.ascontiguousarray(emb[:, 0]), np.ascontiguousarray(emb[:, 1:]))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+class LiveView:
+    """`--show`: the annotated sampled frames in a window; q or Esc stops the run."""
+
+    def __init__(self, threshold: float):
+        import cv2
+
+        self.cv2, self.threshold = cv2, threshold
+        try:
+            cv2.namedWindow("stp-run", cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise UserError(
+                "--show needs an OpenCV with GUI support and a display (pip's opencv-python-headless has none; "
+                "install opencv-python, or use --video-out)"
+            ) from None
+
+    def __call__(self, snippet) -> None:
+        from ..draw import RED, draw_boxes, draw_score_bar, overlay_heat
+
+        img = snippet.image.copy() if snippet.heat is None else overlay_heat(snippet.image, snippet.heat)
+        if snippet.boxes is not None:
+            draw_boxes(img, snippet.boxes, RED)
+        draw_score_bar(img, snippet.event["score"], self.threshold, f"{snippet.source} {snippet.event['score']:.2f}")
+        self.cv2.imshow("stp-run", img)
+        if self.cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self.cv2.destroyAllWindows()
 
 
 def _settings(args, manifest):
@@ -75,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch)
+    if args.check:
+        return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)
     sources = []
     try:
@@ -90,9 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.video_out:
         fps = (sources[0].fps or 25.0) / manifest.stride
         video = VideoSink(args.video_out, fps, alarm.on, manifest.classes, several=len(sources) > 1)
+    view = LiveView(alarm.on) if args.show else None
+    sinks = [sink for sink in (video, view) if sink is not None]
+
+    def on_snippet(snippet) -> None:
+        for sink in sinks:
+            sink(snippet)
+
     detector = Detector(
         backend, manifest, lookahead=args.lookahead, alarm=alarm, localize=loc, max_batch=args.max_batch,
-        on_snippet=video,
+        on_snippet=on_snippet if sinks else None,
     )  # fmt: skip
     status = Status(args.quiet)
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -129,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
         for s in sources:
             s.close()
-        if video is not None:
-            video.close()
+        for sink in sinks:
+            sink.close()
         events.close()
     drops = sum(int(s.stats.get("dropped", 0)) for s in sources)
     status.update(0, detector.stats, 0.0, drops, force=True)
