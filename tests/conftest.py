@@ -57,3 +57,36 @@ def tiny_dataset(tmp_path_factory) -> Path:
     doc = {"format": "stprompt-annotations/1", "classes": ["normal", "Fighting"], "fps": 25.0, "videos": videos}
     (root / "annotations.json").write_text(json.dumps(doc))
     return root
+
+
+CLASSES = ["normal", "Fighting", "RoadAccidents"]
+
+
+def make_checkpoint(clip, path: Path, seed: int = 0, classes: list[str] = CLASSES) -> Path:
+    """A checkpoint with random head weights and the real learned-prompt plumbing (no training needed)."""
+    import torch
+
+    from stprompt.checkpoint import Checkpoint
+    from stprompt.data.annotations import class_phrase
+    from stprompt.model.config import HeadConfig
+    from stprompt.model.head import STPromptHead
+    from stprompt.model.prompts import PromptLearner
+
+    phrases = [class_phrase(c) for c in classes]
+    torch.manual_seed(seed)
+    cfg = HeadConfig(dim=clip.dim, n_classes=len(classes))
+    learner = PromptLearner(clip.model, phrases)
+    with torch.no_grad():
+        prompts = learner()
+    Checkpoint(
+        config=cfg,
+        classes=list(classes),
+        class_phrases=phrases,
+        clip=str(clip.spec),
+        clip_sha256=clip.sha256,
+        stride=16,
+        head_state=STPromptHead(cfg).state_dict(),
+        prompt_ctx=learner.ctx.detach(),
+        prompt_features=prompts,
+    ).save(path)
+    return path

@@ -34,35 +34,7 @@ from stprompt.export.trt_build import (
 from stprompt.export.trt_ops import check_graph
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-CLASSES = ["normal", "Fighting", "RoadAccidents"]
-
-
-def make_checkpoint(clip, path: Path, seed: int = 0) -> Path:
-    """A checkpoint with random head weights and real learned-prompt plumbing (no training needed)."""
-    from stprompt.checkpoint import Checkpoint
-    from stprompt.data.annotations import class_phrase
-    from stprompt.model.config import HeadConfig
-    from stprompt.model.head import STPromptHead
-    from stprompt.model.prompts import PromptLearner
-
-    phrases = [class_phrase(c) for c in CLASSES]
-    torch.manual_seed(seed)
-    cfg = HeadConfig(dim=clip.dim, n_classes=len(CLASSES))
-    learner = PromptLearner(clip.model, phrases)
-    with torch.no_grad():
-        prompts = learner()
-    Checkpoint(
-        config=cfg,
-        classes=CLASSES,
-        class_phrases=phrases,
-        clip=str(clip.spec),
-        clip_sha256=clip.sha256,
-        stride=16,
-        head_state=STPromptHead(cfg).state_dict(),
-        prompt_ctx=learner.ctx.detach(),
-        prompt_features=prompts,
-    ).save(path)
-    return path
+from conftest import CLASSES, make_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -20,37 +20,7 @@ from stprompt.export.manifest import load_manifest, sha256_file, write_manifest
 from stprompt.runtime.backends import Backend, bundle_manifest_for, open_backend, parity
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-CLASSES = ["normal", "Fighting", "RoadAccidents"]
-
-
-def make_checkpoint(clip, path: Path, seed: int = 0) -> Path:
-    """Random head weights with the real prompt plumbing (as in test_export): no training needed."""
-    import torch
-
-    from stprompt.checkpoint import Checkpoint
-    from stprompt.data.annotations import class_phrase
-    from stprompt.model.config import HeadConfig
-    from stprompt.model.head import STPromptHead
-    from stprompt.model.prompts import PromptLearner
-
-    phrases = [class_phrase(c) for c in CLASSES]
-    torch.manual_seed(seed)
-    cfg = HeadConfig(dim=clip.dim, n_classes=len(CLASSES))
-    learner = PromptLearner(clip.model, phrases)
-    with torch.no_grad():
-        prompts = learner()
-    Checkpoint(
-        config=cfg,
-        classes=CLASSES,
-        class_phrases=phrases,
-        clip=str(clip.spec),
-        clip_sha256=clip.sha256,
-        stride=16,
-        head_state=STPromptHead(cfg).state_dict(),
-        prompt_ctx=learner.ctx.detach(),
-        prompt_features=prompts,
-    ).save(path)
-    return path
+from conftest import CLASSES, make_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from .manifest import ENGINE_SUFFIXES, Manifest, load_manifest, sha256_file, wri
 from .precision import FP32_OPS
 
 TRT_MISSING = (
-    "TensorRT is not installed: pip install 'stprompt[trt]' (x86_64, CUDA 12) or, on Jetson, "
+    'TensorRT is not installed: pip install "stprompt[trt]" (x86_64, CUDA 12) or, on Jetson, '
     "use JetPack 6's TensorRT (python3-libnvinfer)"
 )
 DEFAULT_MAX_BATCH = 256  # crops per encoder call at most (5 sampled frames of 50 crops + scale-B windows)

@@ -44,13 +44,7 @@ _STEM_SUFFIXES = tuple(
 
 ORT_MISSING = 'ONNX Runtime is not installed: pip install "stprompt[ort]" (or onnxruntime-gpu for CUDA)'
 TORCH_MISSING = 'the PyTorch reference backend needs torch and open_clip ({}): pip install "stprompt[train]"'
-TRT_MISSING = (
-    'TensorRT is not installed: pip install "stprompt[trt]" (x86_64, CUDA 12) or, on Jetson, use JetPack 6\'s '
-    "TensorRT (python3-libnvinfer)"
-)
-CUDA_MISSING = (
-    'the TensorRT backend needs cuda-python (or pycuda) for device buffers: pip install "stprompt[trt]"'
-)
+CUDA_MISSING = 'the TensorRT backend needs cuda-python (or pycuda) for device buffers: pip install "stprompt[trt]"'
 
 
 @runtime_checkable
@@ -220,8 +214,9 @@ class OrtBackend:
             kwargs: dict[str, Any] = {"disabled_optimizers": list(FP16_DISABLED_OPTIMIZERS)} if fp16 else {}
             return ort.InferenceSession(os.fspath(path), ort.SessionOptions(), providers=providers, **kwargs)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise UserError(f"{path.name}: ONNX Runtime ({', '.join(providers)}) cannot load it: {_first_line(err)}") \
-                from None
+            raise UserError(
+                f"{path.name}: ONNX Runtime ({', '.join(providers)}) cannot load it: {_first_line(err)}"
+            ) from None
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         return self._encoder.run(["embeddings"], {"images": images})[0]
@@ -314,13 +309,9 @@ class TorchBackend:
 
 
 def _require_trt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UserError(TRT_MISSING) from None
-    if int(str(trt.__version__).split(".")[0]) < 10:
-        raise UserError(f"TensorRT {trt.__version__} found; the runtime needs TensorRT 10 or newer")
-    return trt
+    from ..export.trt_build import require_tensorrt
+
+    return require_tensorrt()
 
 
 class _Cudart:
