@@ -11,7 +11,9 @@ same batches. Efficiency = (2) / (1). Prints JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +38,8 @@ def make_bundle(clip_spec: str, out: Path, int8: bool) -> Path:
                       STPromptHead(cfg).state_dict(), torch.zeros(8, 1), torch.randn(2, clip.dim))  # fmt: skip
     ckpt.save(out / "model.pt")
     argv = ["--ckpt", str(out / "model.pt"), "--out", str(out / "model"), "--quiet", "--probe-frames", "1"]
-    assert export_cli.main(argv + (["--int8-cpu"] if int8 else [])) == 0
+    with contextlib.redirect_stdout(sys.stderr):  # stp-export prints the manifest path
+        assert export_cli.main(argv + (["--int8-cpu"] if int8 else [])) == 0
     return out / ("model.int8.onnx" if int8 else "model.onnx")
 
 
@@ -48,6 +51,7 @@ def main() -> None:
     args = p.parse_args()
     from stprompt import windows
     from stprompt.runtime.api import open_detector
+    from stprompt.runtime.detector import AlarmSettings
     from stprompt.runtime.sources import Frame
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +61,8 @@ def main() -> None:
         rng = np.random.default_rng(0)
         frames = [cv2.GaussianBlur(rng.integers(0, 256, (360, 640, 3), dtype=np.uint8), (0, 0), 3)
                   for _ in range(args.frames)]  # fmt: skip
-        detector = open_detector(str(engine))
+        # alarms off: localization encodes extra scale-B crops that the bare-encoder row does not
+        detector = open_detector(str(engine), alarm=AlarmSettings(on=1.0, off=1.0, min_snippets=10**9))
         detector.backend.encode(windows.encoder_batch(frames[0])[:2])  # warm-up
         t0 = time.perf_counter()
         events = detector.process([("v", Frame(f, i, i / 25)) for i, f in enumerate(frames)]) + detector.finish("v")
@@ -74,6 +79,7 @@ def main() -> None:
         "pipeline_sampled_fps": n / pipeline_s, "pipeline_s_per_sampled_frame": pipeline_s / n,
         "bare_encoder_sampled_fps": n / bare_s, "crops_per_s_bare": len(crops) / bare_s,
         "pipeline_efficiency": bare_s / pipeline_s, "frame_events": sum(e["type"] == "frame" for e in events),
+        "detector_crops": detector.stats["crops"],
     }, indent=1))  # fmt: skip
 
 
