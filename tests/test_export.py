@@ -164,8 +164,9 @@ def test_manifest_round_trip(bundle, tiny_ckpt, tiny_clip):
     assert raw["windows"]["crops_per_frame"] == 50 and raw["windows"]["order"] == "row-major"
     assert m.head["radius"] == 20 and m.head["exact_lookahead"] == 41 and m.head["n_classes"] == 3
     assert m.thresholds == {"alarm": 0.5, "heat": 0.5, "min_box_area": 0.001, "tau_loc": 0.01, "fusion_lambda": 0.5}
-    assert set(raw["files"]) == {"encoder", "head", "queries", "encoder_fp16", "encoder_int8"}
+    assert set(raw["files"]) == {"encoder", "head", "head_features", "queries", "encoder_fp16", "encoder_int8"}
     assert m.file("head").name == "model.head.onnx" and m.file("encoder_fp16").name == "model.fp16.onnx"
+    assert m.file("head_features").name == "model.head_as.onnx" and raw["gates"]["head_features_fp32"]["passed"]
     assert m.precision["encoder"] == "fp16" and m.precision["head"] == "fp32" and m.precision["int8_cpu"]
     assert raw["versions"]["opset"] == {"encoder": 17, "head": 18} and raw["versions"]["onnxruntime"]
     assert datetime.fromisoformat(raw["created"]).tzinfo is not None
@@ -480,28 +481,29 @@ def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, mo
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     logs: list[str] = []
     m = trt_build.build_bundle_engines(bundle_copy, log=logs.append)
-    assert len(trt.builds) == 2 and set(m.engines) == {"encoder", "head"}
-    (enc_net, enc_cfg), (_, head_cfg) = trt.builds
+    assert len(trt.builds) == 3 and set(m.engines) == {"encoder", "head", "head_features"}
+    (enc_net, enc_cfg), (_, head_cfg), (_, features_cfg) = trt.builds
     assert enc_cfg.flags == {"fp16", "obey"} and head_cfg.flags == set() and head_cfg.cleared == {"tf32"}
     pinned = [layer.name for layer in enc_net.layers if layer.precision == "float32"]
     assert pinned == ["ln", "softmax", "pow", "sqrt"]  # not matmul/add/GELU, not integer shape math
     assert all(layer.output_types == {0: "float32"} for layer in enc_net.layers if layer.name in pinned)
     assert enc_cfg.pool == ("workspace", 4 << 30) and enc_cfg.profiles[0]["images"][2] == (256, 3, 224, 224)
     assert head_cfg.profiles[0]["x_patch"] == ((1, 49, 64), (83, 49, 64), (338, 49, 64))
-    for role in ("encoder", "head"):
+    assert features_cfg.profiles[0]["x_as"] == ((1, 64), (83, 64), (338, 64)) and features_cfg.flags == set()
+    for role in ("encoder", "head", "head_features"):
         key = expected_key(m, role, "10.3.0", "8.7")
         assert m.engines[role]["key"] == key and plan_is_current(m, role, key)
     assert m.engine("encoder") == bundle_copy.with_name("model.plan") and m.engine("head").is_file()
     assert load_manifest(bundle_copy).engines == m.engines  # written to model.json, bundle still verifies
     cache = bundle_copy.with_name("model.timing-trt10.3.0-sm87.cache")
-    assert cache.read_bytes() == b"++"  # loaded by the second build, extended, saved again
+    assert cache.read_bytes() == b"+++"  # loaded by each later build, extended, saved again
     assert any("--layerPrecisions=ln:fp32,softmax:fp32,pow:fp32,sqrt:fp32" in line for line in logs)
 
     trt_build.build_bundle_engines(bundle_copy, log=logs.append)
-    assert len(trt.builds) == 2 and "is current" in logs[-1]  # cache hit: nothing rebuilt
+    assert len(trt.builds) == 3 and "is current" in logs[-1]  # cache hit: nothing rebuilt
     bundle_copy.with_name("model.head.plan").write_bytes(b"tampered")
     trt_build.build_bundle_engines(bundle_copy, log=logs.append)
-    assert len(trt.builds) == 3  # the modified plan is rebuilt, not loaded
+    assert len(trt.builds) == 4  # the modified plan is rebuilt, not loaded
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.7.0"))
     assert build_cli.main([str(bundle_copy), "--max-batch", "64", "--quiet"]) == 0
     m = load_manifest(bundle_copy)
@@ -585,9 +587,9 @@ def test_tensorrt_engines_build_cache_and_match(bundle_copy):
     from stprompt.export.trt_build import build_bundle_engines, gpu_compute_capability
 
     m = build_bundle_engines(bundle_copy, log=lambda _m: None, max_batch=64, max_window=64)
-    assert set(m.engines) == {"encoder", "head"}
+    assert set(m.engines) == {"encoder", "head", "head_features"}
     cc = gpu_compute_capability()
-    for role in ("encoder", "head"):
+    for role in ("encoder", "head", "head_features"):
         key = expected_key(m, role, trt.__version__, cc)
         assert m.engines[role]["key"] == key and plan_is_current(m, role, key)
     stamp = bundle_copy.with_name("model.plan").stat().st_mtime_ns

@@ -414,8 +414,10 @@ def test_tensorrt_backend_plumbing_with_fake_tensorrt(bundle_copy, inputs, ort_c
                                                        opt_window=9)))  # fmt: skip
     m = load_manifest(bundle_copy)
     d, engines = m.dim, {}
-    for role, name, shapes in [("encoder", "model.plan", {"images": [4, 3, 224, 224]}),
-                               ("head", "model.head.plan", {"x_clip": [32, d], "x_patch": [32, 49, d]})]:  # fmt: skip
+    plans = [("encoder", "model.plan", {"images": [4, 3, 224, 224]}),
+             ("head", "model.head.plan", {"x_clip": [32, d], "x_patch": [32, 49, d]}),
+             ("head_features", "model.head_as.plan", {"x_clip": [32, d], "x_as": [32, d]})]  # fmt: skip
+    for role, name, shapes in plans:
         plan = bundle_copy.with_name(name)
         plan.write_text(json.dumps({"onnx": str(m.file(role)), "max": shapes}))
         engines[role] = {"path": name, "sha256": sha256_file(plan), "key": expected_key(m, role, "10.3.0", "9.0")}

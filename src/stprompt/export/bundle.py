@@ -168,6 +168,8 @@ def export_bundle(
     ckpt_path: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions, log: Callable[[str], None] = print
 ) -> Path:
     """Write the bundle for `ckpt_path` at stem `out`; returns the manifest path. Raises UserError on any gate."""
+    import torch
+
     from ..checkpoint import load_checkpoint
     from ..clip.image import ImageEncoder
     from ..clip.loader import check_same_weights, load_clip
@@ -203,6 +205,8 @@ def export_bundle(
         t = time.perf_counter()
         export_head(head, prompts, stage.path("head"))
         _check_onnx(stage.paths["head"])
+        export_head(head, prompts, stage.path("head_features"), after_sa2=True)
+        _check_onnx(stage.paths["head_features"])
         timings["head_onnx"] = time.perf_counter() - t
         if opts.precision == "fp16":
             t = time.perf_counter()
@@ -245,6 +249,12 @@ def export_bundle(
             outs.append(gate_mod.run_head(session, x_clip, x_patch))
             refs.append(torch_head_outputs(head, prompts, x_clip, x_patch))
         gates["head_fp32"] = gate_mod.head_gate(outs, refs, lengths, opts.head_gate)
+        session = gate_mod.ort_session(stage.paths["head_features"])
+        outs = []
+        for x_clip, x_patch in head_gate_inputs(reference, cfg.dim, lengths):
+            x_as = head.aggregate(torch.from_numpy(x_patch)[None].reshape(1, len(x_patch), 7, 7, -1))[0].numpy()
+            outs.append(gate_mod.run_head(session, x_clip, x_as, second="x_as"))
+        gates["head_features_fp32"] = gate_mod.head_gate(outs, refs, lengths, opts.head_gate)
         timings["gates"] = time.perf_counter() - t
         for name, g in gates.items():
             if name != "probe":
@@ -252,7 +262,7 @@ def export_bundle(
                 log(f"stp-export: gate {name}: {value} ({'pass' if g['passed'] else 'FAIL'}, limit {g['threshold']})")
         gate_mod.require_passed(gates)
 
-        reports = [check_graph(stage.paths[r], name=stage.final(r).name) for r in ("encoder", "head")]
+        reports = [check_graph(stage.paths[r], name=stage.final(r).name) for r in ("encoder", "head", "head_features")]
         for report in reports:
             for line in report.lines():
                 log(f"stp-export: {line}")
@@ -302,6 +312,7 @@ def export_bundle(
             "input_names": list(HEAD_INPUTS),
             "outputs": list(HEAD_OUTPUTS),
             "sa2_ties": "top-k over tied motion keeps the lowest window indices (ONNX TopK rule)",
+            "features_inputs": {"x_clip": ["T", cfg.dim], "x_as": ["T", cfg.dim]},
         },
         "thresholds": thresholds,
         "files": {role: file_entry(path) for role, path in files.items()},

@@ -95,10 +95,10 @@ def head_gate(outputs: list[dict[str, np.ndarray]], references: list[dict[str, n
     }
 
 
-def run_head(session, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
-    """x_clip [T, D], x_patch [T, 49, D] -> {score, score_c, probs} through a head session."""
+def run_head(session, x_clip: np.ndarray, x_patch: np.ndarray, second: str = "x_patch") -> dict[str, np.ndarray]:
+    """x_clip [T, D], x_patch [T, 49, D] (or x_as [T, D] with second="x_as") -> {score, score_c, probs}."""
     names = ["score", "score_c", "probs"]
-    outs = session.run(names, {"x_clip": x_clip.astype(np.float32), "x_patch": x_patch.astype(np.float32)})
+    outs = session.run(names, {"x_clip": x_clip.astype(np.float32), second: x_patch.astype(np.float32)})
     return dict(zip(names, outs, strict=True))
 
 

@@ -26,10 +26,11 @@ ROLE_SUFFIXES = {
     "encoder_fp16": ".fp16.onnx",  # --precision fp16: fp16 weights/matmuls, normalisations and softmax in fp32
     "encoder_int8": ".int8.onnx",  # --int8-cpu: dynamic int8 MatMul/Gemm weights for ONNX Runtime on CPU
     "head": ".head.onnx",  # temporal head, T dynamic, prompts baked in
+    "head_features": ".head_as.onnx",  # the same head after SA2: x_clip, x_as (the runtime's streaming path)
     "queries": ".queries.npz",  # localization query embeddings
 }
 REQUIRED_ROLES = ("encoder", "head", "queries")
-ENGINE_SUFFIXES = {"encoder": ".plan", "head": ".head.plan"}
+ENGINE_SUFFIXES = {"encoder": ".plan", "head": ".head.plan", "head_features": ".head_as.plan"}
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str,

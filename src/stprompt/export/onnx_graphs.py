@@ -25,6 +25,7 @@ ENCODER_OPSET = 17
 HEAD_OPSET = 18  # the dynamo exporter's native opset; TensorRT 10 parses opsets 9-20 (10.0) and later
 ENCODER_INPUTS, ENCODER_OUTPUTS = ["images"], ["embeddings"]
 HEAD_INPUTS, HEAD_OUTPUTS = ["x_clip", "x_patch"], ["score", "score_c", "probs"]
+HEAD_FEATURES_INPUTS = ["x_clip", "x_as"]  # the same head after SA2 (the runtime runs SA2 as a Numba kernel)
 _EXAMPLE_T = 53  # trace length: unlike every static dimension (49 windows, D, 1 + C, K, 2R + 1)
 
 
@@ -54,6 +55,19 @@ class HeadGraph(nn.Module):
     def forward(self, x_clip: torch.Tensor, x_patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xc, xp = x_clip.unsqueeze(0), x_patch.unsqueeze(0)
         out = self.head(xc, xp, torch.ones_like(xc[..., 0]), self.prompts)
+        return out.score[0], out.score_c[0], out.probs[0]
+
+
+class HeadFeaturesGraph(HeadGraph):
+    """The head after SA2: x_clip [T, D], x_as [T, D] -> score [T], score_c [T], probs [T, 1+C].
+
+    A stream computes x_AS once per snippet (kernels.sa2) and keeps a ring buffer of [T, D] features, so the
+    head's input is 49x smaller than with x_patch; `STPromptHead.forward_features` is the same code path.
+    """
+
+    def forward(self, x_clip: torch.Tensor, x_as: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xc, xa = x_clip.unsqueeze(0), x_as.unsqueeze(0)
+        out = self.head.forward_features(xc, xa, torch.ones_like(xc[..., 0]), self.prompts)
         return out.score[0], out.score_c[0], out.probs[0]
 
 
@@ -88,20 +102,22 @@ def export_encoder(clip_model: nn.Module, path: str | os.PathLike, batch: int = 
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def export_head(head: STPromptHead, prompts: torch.Tensor, path: str | os.PathLike) -> None:
-    """Write the temporal head ONNX (T dynamic, prompts baked in) to `path`."""
-    graph = HeadGraph(head, prompts).eval().float().cpu()
+def export_head(head: STPromptHead, prompts: torch.Tensor, path: str | os.PathLike, after_sa2: bool = False) -> None:
+    """Write the temporal head ONNX (T dynamic, prompts baked in) to `path`; `after_sa2`: inputs x_clip, x_as."""
+    graph = (HeadFeaturesGraph if after_sa2 else HeadGraph)(head, prompts).eval().float().cpu()
     d = head.cfg.dim
     gen = torch.Generator().manual_seed(0)
-    example = (torch.randn(_EXAMPLE_T, d, generator=gen), torch.randn(_EXAMPLE_T, 49, d, generator=gen))
+    second = (_EXAMPLE_T, d) if after_sa2 else (_EXAMPLE_T, 49, d)
+    example = (torch.randn(_EXAMPLE_T, d, generator=gen), torch.randn(*second, generator=gen))
+    names = HEAD_FEATURES_INPUTS if after_sa2 else HEAD_INPUTS
     t = torch.export.Dim("T", min=1, max=1 << 20)
     with torch.no_grad(), _quiet_export():
         program = torch.onnx.export(
             graph,
             example,
-            input_names=HEAD_INPUTS,
+            input_names=names,
             output_names=HEAD_OUTPUTS,
-            dynamic_shapes={"x_clip": {0: t}, "x_patch": {0: t}},
+            dynamic_shapes={names[0]: {0: t}, names[1]: {0: t}},
             opset_version=HEAD_OPSET,
             dynamo=True,
             verbose=False,

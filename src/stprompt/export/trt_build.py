@@ -81,6 +81,12 @@ def head_profiles(dim: int, max_window: int, opt_window: int) -> list[InputProfi
     ]
 
 
+def head_features_profiles(dim: int, max_window: int, opt_window: int) -> list[InputProfile]:
+    """x_clip [T, D] and x_as [T, D] of the head after SA2, T from 1 to max_window."""
+    x_clip = head_profiles(dim, max_window, opt_window)[0]
+    return [x_clip, InputProfile("x_as", x_clip.min, x_clip.opt, x_clip.max)]
+
+
 def engine_cache_key(
     onnx_sha256: str, trt_version: str, compute_capability: str, precision: str, profiles: Sequence[InputProfile]
 ) -> str:
@@ -328,7 +334,11 @@ def engine_jobs(manifest: Manifest, settings: BuildSettings) -> list[tuple[str, 
             encoder_profiles(settings.max_batch, settings.opt_batch),
         ),
         ("head", "fp32", head_profiles(manifest.dim, settings.max_window, settings.opt_window)),
-    ]
+    ] + (
+        [("head_features", "fp32", head_features_profiles(manifest.dim, settings.max_window, settings.opt_window))]
+        if manifest.has("head_features")
+        else []
+    )
 
 
 def expected_key(manifest: Manifest, role: str, trt_version: str, compute_capability: str,
@@ -339,7 +349,7 @@ def expected_key(manifest: Manifest, role: str, trt_version: str, compute_capabi
         if job_role == role:
             onnx_sha = manifest.raw["files"][role]["sha256"]
             return engine_cache_key(onnx_sha, trt_version, compute_capability, precision, profiles)
-    raise UserError(f"no engine role {role!r} (encoder, head)")
+    raise UserError(f"no engine role {role!r} (encoder, head, head_features)")
 
 
 def plan_is_current(manifest: Manifest, role: str, key: str) -> bool:

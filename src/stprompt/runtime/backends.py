@@ -64,6 +64,10 @@ class Backend(Protocol):
         """x_clip [T, D], x_patch [T, 49, D] (or [T, 7, 7, D]) -> {"score", "score_c", "probs"} float32."""
         ...
 
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The head after SA2: x_clip, x_as [T, D] -> the same outputs; None when the bundle has no such graph."""
+        ...
+
     def close(self) -> None:
         """Free sessions / device memory (the backend is unusable afterwards)."""
         ...
@@ -94,6 +98,14 @@ def _check_head_inputs(x_clip: np.ndarray, x_patch: np.ndarray, dim: int) -> tup
             f"got {list(x_clip.shape)} and {list(x_patch.shape)}"
         )
     return x_clip, np.ascontiguousarray(x_patch.reshape(t, 49, dim))
+
+
+def _check_features_inputs(x_clip: np.ndarray, x_as: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    x_clip = np.ascontiguousarray(x_clip, dtype=np.float32)
+    x_as = np.ascontiguousarray(x_as, dtype=np.float32)
+    if x_clip.ndim != 2 or x_clip.shape != x_as.shape or x_clip.shape[1] != dim or len(x_clip) < 1:
+        raise ValueError(f"head_features inputs must be x_clip and x_as [T, {dim}], got {x_clip.shape}, {x_as.shape}")
+    return x_clip, x_as
 
 
 def _encode_split(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, max_batch: int | None,
@@ -200,6 +212,11 @@ class OrtBackend:
         # the head's T changes every call: TensorRT EP would rebuild an engine per new length, so it runs elsewhere
         head_providers = [p for p in self.providers if p != "TensorrtExecutionProvider"] or [CPU]
         self._head = self._session(ort, manifest.file("head"), head_providers, fp16=False)
+        self._head_features = (
+            self._session(ort, manifest.file("head_features"), head_providers, fp16=False)
+            if manifest.has("head_features")
+            else None
+        )
         self.name = f"onnxruntime[{','.join(active)}]"
 
     @staticmethod
@@ -229,8 +246,15 @@ class OrtBackend:
         outs = self._head.run(list(HEAD_OUTPUTS), {"x_clip": x_clip, "x_patch": x_patch})
         return _as_float32(dict(zip(HEAD_OUTPUTS, outs, strict=True)))
 
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        if self._head_features is None:
+            return None
+        x_clip, x_as = _check_features_inputs(x_clip, x_as, self.dim)
+        outs = self._head_features.run(list(HEAD_OUTPUTS), {"x_clip": x_clip, "x_as": x_as})
+        return _as_float32(dict(zip(HEAD_OUTPUTS, outs, strict=True)))
+
     def close(self) -> None:
-        self._encoder = self._head = None
+        self._encoder = self._head = self._head_features = None
 
 
 # --- PyTorch reference -------------------------------------------------------------------------------------------
@@ -298,6 +322,15 @@ class TorchBackend:
             xc = torch.from_numpy(x_clip)[None]
             xp = torch.from_numpy(x_patch)[None]
             out = self._head(xc, xp, torch.ones(xc.shape[:2]), self._prompts)
+        return _as_float32({"score": out.score[0].numpy(), "score_c": out.score_c[0].numpy(),
+                            "probs": out.probs[0].numpy()})  # fmt: skip
+
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        x_clip, x_as = _check_features_inputs(x_clip, x_as, self.dim)
+        torch = self._torch
+        with torch.inference_mode():
+            xc, xa = torch.from_numpy(x_clip)[None], torch.from_numpy(x_as)[None]
+            out = self._head.forward_features(xc, xa, torch.ones(xc.shape[:2]), self._prompts)
         return _as_float32({"score": out.score[0].numpy(), "score_c": out.score_c[0].numpy(),
                             "probs": out.probs[0].numpy()})  # fmt: skip
 
@@ -485,7 +518,8 @@ class TrtBackend:
         from ..export.trt_build import expected_key, gpu_compute_capability, plan_is_current
 
         version, cc = str(trt.__version__), gpu_compute_capability()
-        for role in ("encoder", "head"):
+        roles = ("encoder", "head") + (("head_features",) if manifest.has("head_features") else ())
+        for role in roles:
             path = manifest.engine(role)
             if path is None or not plan_is_current(manifest, role, expected_key(manifest, role, version, cc)):
                 raise UserError(
@@ -498,6 +532,11 @@ class TrtBackend:
         self._runtime = trt.Runtime(self._logger)
         self._encoder = _TrtEngine(trt, self._runtime, plan, self._mem)
         self._head = _TrtEngine(trt, self._runtime, manifest.engine("head"), self._mem)
+        self._head_features = (
+            _TrtEngine(trt, self._runtime, manifest.engine("head_features"), self._mem)
+            if "head_features" in roles
+            else None
+        )
         limit = self._encoder.max_shapes["images"][0]
         self.max_batch = min(max_batch or limit, limit)  # larger calls are split at the profile's max, not refused
         self.max_window = self._head.max_shapes["x_clip"][0]
@@ -510,9 +549,16 @@ class TrtBackend:
         x_clip, x_patch = _check_head_inputs(x_clip, x_patch, self.dim)
         return _as_float32(self._head.run({"x_clip": x_clip, "x_patch": x_patch}))
 
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        if self._head_features is None:
+            return None
+        x_clip, x_as = _check_features_inputs(x_clip, x_as, self.dim)
+        return _as_float32(self._head_features.run({"x_clip": x_clip, "x_as": x_as}))
+
     def close(self) -> None:
-        for engine in (self._encoder, self._head):
-            engine.close()
+        for engine in (self._encoder, self._head, self._head_features):
+            if engine is not None:
+                engine.close()
         self._mem.close()
 
 
