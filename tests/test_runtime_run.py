@@ -115,6 +115,7 @@ def test_python_api_feeds_frames_and_gets_the_same_events(chain, tiny_dataset):
     from stprompt.runtime.api import open_detector
 
     detector = open_detector(str(chain["stem"]) + ".onnx")
+    assert detector.sa2_kernel  # SA2 runs as the Numba kernel, the head graph after SA2 takes x_clip, x_as
     cap = cv2.VideoCapture(str(tiny_dataset / "videos/test_5.mp4"))
     events = []
     while True:

@@ -60,3 +60,35 @@ def test_small_lookahead_emits_early_and_is_an_approximation(head_fn):
     assert len(streamed) == 60
     assert streamed[-1].score == pytest.approx(float(offline[-1]), rel=1e-5)  # the last snippet knows the end
     assert not np.allclose([r.score for r in streamed], offline, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [1, 2, 7, 90])
+def test_sa2_kernel_stream_over_the_head_after_sa2_is_exact(head_fn, t):
+    """x_AS from the Numba kernel, made final when the next snippet arrives, through forward_features."""
+    from stprompt.kernels.sa2 import sa2_step
+    from stprompt.runtime.stream import StreamingFeatureHead
+
+    torch.manual_seed(0)
+    cfg = HeadConfig(dim=16, n_classes=3, sigma=0.5)
+    head = STPromptHead(cfg).eval()
+    prompts = torch.randn(3, 16)
+
+    def features_fn(x_clip, x_as):
+        with torch.no_grad():
+            out = head.forward_features(torch.from_numpy(x_clip)[None], torch.from_numpy(x_as)[None],
+                                        torch.ones(1, len(x_clip)), prompts)  # fmt: skip
+        return {"score": out.score[0].numpy(), "score_c": out.score_c[0].numpy(), "probs": out.probs[0].numpy()}
+
+    rng = np.random.default_rng(t)
+    x_clip = rng.standard_normal((t, 16)).astype(np.float32)
+    x_patch = rng.standard_normal((t, 49, 16)).astype(np.float32)
+    with torch.no_grad():
+        offline = head(torch.from_numpy(x_clip)[None], torch.from_numpy(x_patch)[None].reshape(1, t, 7, 7, 16),
+                       torch.ones(1, t), prompts).score[0].numpy()  # fmt: skip
+    s = StreamingFeatureHead(features_fn, 16, cfg.exact_lookahead - 1, cfg.exact_lookahead, sa2_step, 12)
+    results = []
+    for i in range(t):
+        results += s.push(x_clip[i], x_patch[i])
+    results += s.flush()
+    assert [r.index for r in results] == list(range(t))
+    np.testing.assert_allclose([r.score for r in results], offline, rtol=1e-5, atol=1e-6)

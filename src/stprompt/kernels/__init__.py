@@ -6,5 +6,6 @@ appliance can use it without the training stack.
 """
 
 from stprompt.kernels.boxes import boxes_reference, extract_boxes, warmup
+from stprompt.kernels.sa2 import sa2_reference, sa2_sequence, sa2_step
 
-__all__ = ["boxes_reference", "extract_boxes", "warmup"]
+__all__ = ["boxes_reference", "extract_boxes", "sa2_reference", "sa2_sequence", "sa2_step", "warmup"]

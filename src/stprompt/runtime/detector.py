@@ -1,7 +1,8 @@
 """The per-frame work of stp-run, for any number of streams (SPEC.md + DESIGN.md runtime pipeline).
 
 sample one frame in `stride` -> resize + scale-A windows (`stprompt.windows`, the code stp-extract runs) ->
-one batched encoder call for the sampled frames of all streams -> per-stream streaming head -> frame events
+one batched encoder call for the sampled frames of all streams -> SA2 kernel -> per-stream ring buffer ->
+head -> frame events
 -> alarms (hysteresis) -> on alarm: scale-B windows, heat map, boxes -> alarm events.
 
 A snippet enters the head only once its `stride` frames have all been seen, as offline (the tail shorter
@@ -20,8 +21,9 @@ import numpy as np
 from .. import windows
 from ..errors import UserError
 from ..kernels.boxes import extract_boxes
+from ..kernels.sa2 import sa2_step
 from ..localize.heat import LocalizeSettings, frame_heat
-from .stream import SnippetResult, StreamingHead
+from .stream import SnippetResult, StreamingFeatureHead, StreamingHead
 
 
 @dataclass
@@ -95,6 +97,9 @@ class Detector:
         self.stride, self.offset = int(manifest.stride), int(manifest.offset)
         self.classes = list(manifest.classes)
         self.context = int(manifest.head["exact_lookahead"])
+        # SA2 as a Numba kernel feeding the head after SA2 (x_clip, x_AS: 49x less head input) when the bundle
+        # has that graph; older bundles run SA2 inside the head graph on x_patch windows
+        self.sa2_kernel = bool(manifest.has("head_features") and manifest.head.get("use_sa2", True))
         self.lookahead = self.context if lookahead is None else int(lookahead)
         if self.lookahead < 0:
             raise UserError("--lookahead must be >= 0")
@@ -162,7 +167,13 @@ class Detector:
 
     def _state(self, sid: str) -> StreamState:
         if sid not in self.streams:
-            head = StreamingHead(self.backend.head, self.backend.dim, self.context, self.lookahead)
+            if self.sa2_kernel:
+                k = int(self.manifest.head.get("topk_windows", 12))
+                head = StreamingFeatureHead(
+                    self.backend.head_features, self.backend.dim, self.context - 1, self.lookahead, sa2_step, k
+                )
+            else:
+                head = StreamingHead(self.backend.head, self.backend.dim, self.context, self.lookahead)
             self.streams[sid] = StreamState(head=head, next_sample=self.offset)
         return self.streams[sid]
 

@@ -26,7 +26,15 @@ class SnippetResult:
 
 
 class StreamingHead:
-    def __init__(self, head: HeadFn, dim: int, context: int, lookahead: int, capacity: int | None = None):
+    def __init__(
+        self,
+        head: HeadFn,
+        dim: int,
+        context: int,
+        lookahead: int,
+        capacity: int | None = None,
+        second_shape: tuple[int, ...] | None = None,
+    ):
         if lookahead < 0 or context < 0:
             raise ValueError("lookahead and context must be >= 0")
         self.head = head
@@ -34,7 +42,8 @@ class StreamingHead:
         self.lookahead = lookahead
         self.capacity = capacity or (context + lookahead + 1)
         self.x_clip = np.zeros((self.capacity, dim), np.float32)
-        self.x_patch = np.zeros((self.capacity, 49, dim), np.float32)
+        # the head's second input per snippet: x_patch [49, D] (or x_as [D] for the head after SA2)
+        self.second = np.zeros((self.capacity, *(second_shape or (49, dim))), np.float32)
         self.received = 0  # snippets pushed so far
         self.emitted = 0  # snippets scored so far
 
@@ -44,24 +53,24 @@ class StreamingHead:
 
     def _window(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
         idx = np.arange(first, last + 1) % self.capacity
-        return self.x_clip[idx], self.x_patch[idx]
+        return self.x_clip[idx], self.second[idx]
 
     def _score(self, t_from: int, t_to: int, newest: int) -> list[SnippetResult]:
         """Score snippets t_from..t_to (inclusive) with the window ending at `newest`."""
         first = max(0, t_from - self.context)
-        x_clip, x_patch = self._window(first, newest)
-        out = self.head(x_clip, x_patch)
+        x_clip, second = self._window(first, newest)
+        out = self.head(x_clip, second)
         results = []
         for t in range(t_from, t_to + 1):
             i = t - first
             results.append(SnippetResult(t, float(out["score"][i]), float(out["score_c"][i]), out["probs"][i].copy()))
         return results
 
-    def push(self, x_clip: np.ndarray, x_patch: np.ndarray) -> list[SnippetResult]:
-        """Add the next snippet ([D], [49, D]); return the snippets that now have `lookahead` successors."""
+    def push(self, x_clip: np.ndarray, second: np.ndarray) -> list[SnippetResult]:
+        """Add the next snippet ([D] and x_patch [49, D]); return the snippets that now have `lookahead` successors."""
         slot = self.received % self.capacity
         self.x_clip[slot] = x_clip
-        self.x_patch[slot] = x_patch.reshape(49, -1)
+        self.second[slot] = second.reshape(self.second.shape[1:])
         self.received += 1
         newest = self.received - 1
         ready = newest - self.lookahead
@@ -78,3 +87,29 @@ class StreamingHead:
         results = self._score(self.emitted, self.received - 1, self.received - 1)
         self.emitted = self.received
         return results
+
+
+class StreamingFeatureHead(StreamingHead):
+    """The same stream over the head after SA2: x_AS is computed once per snippet by the SA2 kernel.
+
+    Snippet i's x_AS needs snippet i + 1 (its motion uses both neighbours): it is first computed with the
+    replicate rule (i is the newest, as at the end of a video) and made final when i + 1 arrives. The head's
+    receptive field is then layers x R snippets of x_AS, so `context` here is exact_lookahead - 1, and a
+    stream with lookahead >= exact_lookahead still reproduces the offline scores exactly.
+    """
+
+    def __init__(self, head: HeadFn, dim: int, context: int, lookahead: int, sa2_step, k: int):
+        super().__init__(head, dim, context, lookahead, second_shape=(dim,))
+        self.sa2_step, self.k = sa2_step, k
+        self.prev_patch: np.ndarray | None = None  # x_patch of the snippet before the newest
+        self.last_patch: np.ndarray | None = None  # x_patch of the newest snippet
+
+    def push(self, x_clip: np.ndarray, x_patch: np.ndarray) -> list[SnippetResult]:
+        x_patch = np.ascontiguousarray(x_patch.reshape(49, -1), np.float32)
+        if self.last_patch is not None:  # the newest so far gets its true next neighbour: final x_AS
+            before = self.last_patch if self.prev_patch is None else self.prev_patch
+            self.second[(self.received - 1) % self.capacity] = self.sa2_step(before, self.last_patch, x_patch, self.k)
+        before = x_patch if self.last_patch is None else self.last_patch
+        provisional = self.sa2_step(before, x_patch, x_patch, self.k)
+        self.prev_patch, self.last_patch = self.last_patch, x_patch
+        return super().push(x_clip, provisional)
