@@ -25,6 +25,7 @@ one box per anomaly event per frame inside its interval. Everything is seeded: o
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import multiprocessing
@@ -515,7 +516,7 @@ def _make_normal(rng: np.random.Generator, scene: _Scene, width: int, fps: float
 # ------------------------------------------------------------------------------------------------------
 # anomalies: each draws its in-interval frames through a masked pen and may add ordinary actors outside
 # ------------------------------------------------------------------------------------------------------
-class _Anomaly:
+class _Anomaly(abc.ABC):
     def __init__(self, start: int, end: int):
         self.start, self.end = start, end
 
@@ -523,8 +524,9 @@ class _Anomaly:
         """Participants that look ordinary outside the interval (walking in, driving away)."""
         return []
 
+    @abc.abstractmethod
     def draw(self, pen: _Pen, t: int, rng: np.random.Generator) -> None:
-        raise NotImplementedError
+        """Draw the anomaly of frame t (inside its interval) through the masked pen."""
 
 
 class _Fighting(_Anomaly):
