@@ -69,9 +69,8 @@ class VideoSink:
         if snippet.boxes is not None:
             draw_boxes(img, snippet.boxes, RED)
         e = snippet.event
-        draw_score_bar(
-            img, e["score"], self.threshold, f"{e['source']} frame {e['frame']} {e['score']:.2f} {e['class']}"
-        )
+        name = e["source"].rstrip("/").rsplit("/", 1)[-1]  # a file's name, not its whole path
+        draw_score_bar(img, e["score"], self.threshold, f"{name} frame {e['frame']} {e['score']:.2f} {e['class']}")
         if (img.shape[1], img.shape[0]) != self.size[snippet.source]:
             img = cv2.resize(img, self.size[snippet.source])
         writer.write(img)
