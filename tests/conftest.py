@@ -90,3 +90,18 @@ def make_checkpoint(clip, path: Path, seed: int = 0, classes: list[str] = CLASSE
         prompt_features=prompts,
     ).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_clip, tmp_path_factory) -> Path:
+    """One stp-tiny bundle (fp16 + int8 encoders) with its checkpoint beside it as model.pt; the manifest path.
+
+    Export takes seconds even for stp-tiny, so the read-only export and backend tests share it (tests that
+    modify a bundle copy it first).
+    """
+    from stprompt.export import cli
+
+    out = tmp_path_factory.mktemp("bundle") / "model"
+    ckpt = make_checkpoint(tiny_clip, out.with_name("model.pt"))
+    assert cli.main(["--ckpt", str(ckpt), "--out", str(out), "--precision", "fp16", "--int8-cpu", "--quiet"]) == 0
+    return out.with_name("model.json")

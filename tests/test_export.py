@@ -38,16 +38,13 @@ from conftest import CLASSES, make_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tiny_clip, tmp_path_factory) -> Path:
-    return make_checkpoint(tiny_clip, tmp_path_factory.mktemp("ckpt") / "model.pt")
+def bundle(tiny_bundle) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_ckpt, tmp_path_factory) -> Path:
-    """One fp16 + int8 bundle of stp-tiny, shared by the read-only tests (returns the manifest path)."""
-    out = tmp_path_factory.mktemp("bundle") / "model"
-    assert cli.main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--precision", "fp16", "--int8-cpu", "--quiet"]) == 0
-    return out.with_name("model.json")
+def tiny_ckpt(tiny_bundle) -> Path:
+    return tiny_bundle.with_name("model.pt")
 
 
 @pytest.fixture

@@ -20,18 +20,12 @@ from stprompt.export.manifest import load_manifest, sha256_file, write_manifest
 from stprompt.runtime.backends import Backend, bundle_manifest_for, open_backend, parity
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-from conftest import CLASSES, make_checkpoint  # noqa: E402
+from conftest import CLASSES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_clip, tmp_path_factory) -> Path:
-    """stp-tiny bundle with fp16 and int8 encoders, and its checkpoint beside it as model.pt (manifest path)."""
-    from stprompt.export import cli
-
-    out = tmp_path_factory.mktemp("rt-bundle") / "model"
-    ckpt = make_checkpoint(tiny_clip, out.with_name("model.pt"))
-    assert cli.main(["--ckpt", str(ckpt), "--out", str(out), "--precision", "fp16", "--int8-cpu", "--quiet"]) == 0
-    return out.with_name("model.json")
+def bundle(tiny_bundle) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture
