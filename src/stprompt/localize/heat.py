@@ -64,6 +64,18 @@ class LocalizeSettings:
     heat_threshold: float = 0.5
     min_box_area: float = 0.001  # fraction of the frame area
 
+    @classmethod
+    def from_thresholds(
+        cls, thresholds: dict, heat_threshold: float | None = None, min_box_area: float | None = None
+    ) -> LocalizeSettings:
+        """Settings from a bundle manifest's `thresholds`, with optional overrides."""
+        return cls(
+            tau_loc=float(thresholds["tau_loc"]),
+            fusion_lambda=float(thresholds["fusion_lambda"]),
+            heat_threshold=float(thresholds["heat"]) if heat_threshold is None else heat_threshold,
+            min_box_area=float(thresholds["min_box_area"]) if min_box_area is None else min_box_area,
+        )
+
 
 def frame_heat(
     x_patch: np.ndarray,

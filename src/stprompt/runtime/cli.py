@@ -115,16 +115,8 @@ def _settings(args, manifest):
     from .detector import AlarmSettings
 
     thr = manifest.thresholds
-    on = float(thr["alarm"]) if args.alarm_on is None else args.alarm_on
-    off = min(0.4, on) if args.alarm_off is None else args.alarm_off
-    alarm = AlarmSettings(on=on, off=off, min_snippets=args.alarm_min)
-    loc = LocalizeSettings(
-        tau_loc=float(thr["tau_loc"]),
-        fusion_lambda=float(thr["fusion_lambda"]),
-        heat_threshold=float(thr["heat"]) if args.heat_threshold is None else args.heat_threshold,
-        min_box_area=float(thr["min_box_area"]) if args.min_box_area is None else args.min_box_area,
-    )
-    return alarm, loc
+    alarm = AlarmSettings.from_thresholds(thr, args.alarm_on, args.alarm_off, args.alarm_min)
+    return alarm, LocalizeSettings.from_thresholds(thr, args.heat_threshold, args.min_box_area)
 
 
 def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: stop cleanly

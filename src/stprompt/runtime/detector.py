@@ -39,6 +39,14 @@ class AlarmSettings:
     off: float = 0.4  # an alarm ends at the first snippet below
     min_snippets: int = 1  # consecutive snippets at or above `on` before an alarm starts
 
+    @classmethod
+    def from_thresholds(
+        cls, thresholds: dict, on: float | None = None, off: float | None = None, min_snippets: int = 1
+    ) -> AlarmSettings:
+        """A bundle's alarm threshold as `on` and min(0.4, on) as `off`, unless given."""
+        on = float(thresholds["alarm"]) if on is None else on
+        return cls(on=on, off=min(0.4, on) if off is None else off, min_snippets=min_snippets)
+
     def __post_init__(self) -> None:
         if not 0 <= self.off <= self.on <= 1 or self.min_snippets < 1:
             raise UserError(f"need 0 <= alarm off ({self.off}) <= on ({self.on}) <= 1 and min duration >= 1")
@@ -103,14 +111,8 @@ class Detector:
         self.lookahead = self.context if lookahead is None else int(lookahead)
         if self.lookahead < 0:
             raise UserError("--lookahead must be >= 0")
-        thr = manifest.thresholds
-        self.alarm = alarm or AlarmSettings(on=float(thr["alarm"]), off=min(0.4, float(thr["alarm"])))
-        self.localize = localize or LocalizeSettings(
-            tau_loc=float(thr["tau_loc"]),
-            fusion_lambda=float(thr["fusion_lambda"]),
-            heat_threshold=float(thr["heat"]),
-            min_box_area=float(thr["min_box_area"]),
-        )
+        self.alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
+        self.localize = localize or LocalizeSettings.from_thresholds(manifest.thresholds)
         self.queries, self.abnormal, _ = manifest.load_queries()
         self.max_batch = max(windows.crops_per_frame(), int(max_batch))
         self.on_snippet = on_snippet
