@@ -12,7 +12,7 @@ from .annotations import Annotations
 from .importers import DEFAULT_FPS, IMPORTERS, import_shanghaitech, import_ubnormal, import_ucf_crime
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-import",
         description="Import UCF-Crime, ShanghaiTech (weak split) or UBnormal into annotations.json. "
@@ -67,7 +67,7 @@ def _rebase(ann: Annotations, folder: Path) -> None:
 @cli_entry("stp-import")
 def main(argv: list[str] | None = None) -> int:
     """Import a dataset and write annotations.json; prints a one-line summary to stderr."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.boxes is not None and args.dataset != "ucf-crime":
         raise UserError("--boxes is only for ucf-crime")
     if args.include_validation and args.dataset != "ubnormal":

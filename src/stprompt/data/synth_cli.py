@@ -12,7 +12,7 @@ from ..errors import UserError, cli_entry
 from .synth import generate, is_synth_output
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-synth",
         description="Write a synthetic surveillance dataset: OUT/videos/*.mp4 and OUT/annotations.json, with "
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry("stp-synth")
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for user errors, via cli_entry)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
