@@ -25,9 +25,10 @@ def open_detector(
     lookahead: int | None = None,
     alarm: AlarmSettings | None = None,
     max_batch: int = 256,
+    gate: float = 0.0,
 ) -> Detector:
     """A Detector over the bundle that `engine` belongs to (its manifest is found beside it and verified)."""
     from .backends import open_backend
 
     backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
-    return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch)
+    return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch, gate=gate)

@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--heat-threshold", type=float, default=None, help="box threshold on the heat map (bundle's)")
     p.add_argument("--min-box-area", type=float, default=None, help="smallest box, fraction of the frame (bundle's)")
+    p.add_argument(
+        "--gate",
+        type=float,
+        default=0.0,
+        metavar="GREY",
+        help="motion gating: re-encode a scale-A window only when its pixels changed by at least this mean absolute "
+        "difference (grey levels) since it was last encoded; 0 = off (scores equal stp-eval's). See README's gating "
+        "table",
+    )
     p.add_argument("--max-batch", type=int, default=256, help="most crops per encoder call (all streams together)")
     p.add_argument("--show", action="store_true", help="a live window with the annotated frames (needs a display)")
     p.add_argument(
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     detector = Detector(
         backend, manifest, lookahead=args.lookahead, alarm=alarm, localize=loc, max_batch=args.max_batch,
-        on_snippet=on_snippet if sinks else None,
+        gate=args.gate, on_snippet=on_snippet if sinks else None,
     )  # fmt: skip
     status = Status(args.quiet)
     previous = signal.signal(signal.SIGTERM, _terminate)

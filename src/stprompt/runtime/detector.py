@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
 from ..localize.heat import LocalizeSettings, frame_heat
+from .gating import WindowGate
 from .stream import SnippetResult, StreamingFeatureHead, StreamingHead
 
 
@@ -98,6 +99,7 @@ class Detector:
         alarm: AlarmSettings | None = None,
         localize: LocalizeSettings | None = None,
         max_batch: int = 256,
+        gate: float = 0.0,
         on_snippet: Callable[[Snippet], None] | None = None,
     ):
         self.backend = backend
@@ -116,20 +118,26 @@ class Detector:
         self.queries, self.abnormal, _ = manifest.load_queries()
         self.max_batch = max(windows.crops_per_frame(), int(max_batch))
         self.on_snippet = on_snippet
+        self.gate = WindowGate(gate)
         self.streams: dict[str, StreamState] = {}
-        self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0}
+        self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0, "gated_crops": 0}
 
     # -- public ---------------------------------------------------------------------------------------
     def process(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         """Frames (source id, Frame with .image/.index/.time) of any streams, in order per stream."""
         sampled = [(sid, f) for sid, f in items if self._take(sid, f.index)]
-        embeddings = self._encode([windows.encoder_batch(f.image) for _, f in sampled])
-        per_frame = windows.crops_per_frame()
+        smalls = [windows.resize_frame(f.image) for _, f in sampled]
+        masks = [self.gate.select(sid, small) for (sid, _), small in zip(sampled, smalls, strict=True)]
+        self.stats["gated_crops"] = self.gate.stats["skipped"]
+        embeddings = self._encode([self._crops(small, mask) for small, mask in zip(smalls, masks, strict=True)])
         ready: dict[int, Sampled] = {}
-        for i, (_, f) in enumerate(sampled):
-            emb = embeddings[i * per_frame : (i + 1) * per_frame]
-            small = windows.resize_frame(f.image)
-            ready[id(f)] = Sampled(f.index, f.time, f.image, small, emb[0], emb[1:])
+        start = 0
+        for (sid, f), small, mask in zip(sampled, smalls, masks, strict=True):
+            n = 1 + int(mask.sum())
+            emb = embeddings[start : start + n]
+            start += n
+            x_patch = self.gate.merge(sid, mask, emb[1:])
+            ready[id(f)] = Sampled(f.index, f.time, f.image, small, emb[0], x_patch)
         events: list[dict[str, Any]] = []
         for sid, f in items:
             state = self._state(sid)
@@ -151,6 +159,7 @@ class Detector:
     def finish(self, source: str) -> list[dict[str, Any]]:
         """End of a stream: drop an incomplete last snippet, score the rest with the true end."""
         state = self.streams.pop(source, None)
+        self.gate.drop(source)
         if state is None:
             return []
         events = self._emit(source, state, state.head.flush())
@@ -178,6 +187,14 @@ class Detector:
                 head = StreamingHead(self.backend.head, self.backend.dim, self.context, self.lookahead)
             self.streams[sid] = StreamState(head=head, next_sample=self.offset)
         return self.streams[sid]
+
+    @staticmethod
+    def _crops(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Encoder input of one sampled frame: the full frame and the scale-A windows the gate kept."""
+        crops = windows.window_crops(small, windows.SCALE_A)
+        if not mask.all():
+            crops = crops[mask]
+        return windows.normalize(np.concatenate([small[None], crops], axis=0))
 
     def _encode(self, batches: list[np.ndarray]) -> np.ndarray:
         if not batches:

@@ -97,9 +97,11 @@ class Status:
         self.last = now
         dt = max(now - self.start, 1e-9)
         batch = stats["crops"] / max(stats["encoder_calls"], 1)
+        skipped = stats.get("gated_crops", 0)
+        gated = f"gated {skipped / max(1, skipped + stats['crops']):.0%} | " if skipped else ""
         print(
             f"\rstp-run: {self.frames} frames {self.frames / dt:.1f} fps in | {stats['sampled'] / dt:.2f} sampled/s | "
-            f"batch {batch:.0f} | latency {latency:.2f}s | alarms {stats['alarms']} | drops {drops}   ",
+            f"batch {batch:.0f} | {gated}latency {latency:.2f}s | alarms {stats['alarms']} | drops {drops}   ",
             end="\n" if force else "",
             file=sys.stderr,
             flush=True,

@@ -1,0 +1,88 @@
+"""Motion-gated crop encoding: scale-A windows whose pixels did not change reuse their last embedding.
+
+Per stream, the gate keeps the 224x224 pixels each window had when it was last encoded and that embedding. For a new
+sampled frame, :meth:`WindowGate.select` returns which windows to encode (change >= threshold, or never encoded) and
+moves the reference pixels of those windows to the new frame; after the encoder ran, :meth:`WindowGate.merge` puts
+the fresh embeddings into the cache and returns the full ``[49, D]`` x_patch. The full-frame crop is never gated
+(the caller always encodes it). Select and merge must be called in the same order per stream -- the Detector does.
+
+Threshold 0 means "encode every window" (gating off): with it the output is the ungated pipeline's exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import windows
+from ..errors import UserError
+from ..kernels.motion import window_change
+
+
+@dataclass
+class _StreamCache:
+    ref: np.ndarray  # [224, 224, 3] uint8: per window, the pixels at its last encoding
+    embeddings: np.ndarray | None = None  # [49, D] float32
+    pending: list[np.ndarray] = field(default_factory=list)  # masks selected, not merged yet
+
+
+class WindowGate:
+    """Decide per window whether to re-encode; keep per-stream reference pixels and embeddings."""
+
+    def __init__(self, threshold: float, scale: windows.WindowScale = windows.SCALE_A):
+        if not threshold >= 0:  # also refuses NaN
+            raise UserError(f"--gate must be >= 0 grey levels, got {threshold}")
+        self.threshold = float(threshold)
+        self.scale = scale
+        self.streams: dict[str, _StreamCache] = {}
+        self.stats = {"windows": 0, "skipped": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self.threshold > 0
+
+    def _tiles(self, image: np.ndarray) -> np.ndarray:
+        """[grid, grid, size, size, 3] view of the window tiles (scale A tiles the frame without overlap)."""
+        g, s = self.scale.grid, self.scale.size
+        return image.reshape(g, s, g, s, 3).swapaxes(1, 2)
+
+    def select(self, source: str, small: np.ndarray) -> np.ndarray:
+        """Bool [count]: windows of this 224x224 frame to encode; updates their reference pixels."""
+        count = self.scale.count
+        cache = self.streams.get(source)
+        if cache is None or not self.enabled:
+            mask = np.ones(count, bool)
+            if self.enabled:
+                self.streams[source] = _StreamCache(ref=small.copy(), pending=[mask])
+        else:
+            change = window_change(small, cache.ref, self.scale.size, self.scale.stride)
+            mask = change >= self.threshold
+            grid_mask = mask.reshape(self.scale.grid, self.scale.grid)
+            self._tiles(cache.ref)[grid_mask] = self._tiles(small)[grid_mask]
+            cache.pending.append(mask)
+        self.stats["windows"] += count
+        self.stats["skipped"] += int(count - mask.sum())
+        return mask
+
+    def merge(self, source: str, mask: np.ndarray, encoded: np.ndarray) -> np.ndarray:
+        """x_patch [count, D] from the encoded windows (rows of `encoded`, in window order) and the cache."""
+        if not self.enabled:
+            return encoded
+        cache = self.streams[source]
+        expected = cache.pending.pop(0)
+        if expected is not mask:
+            raise RuntimeError("WindowGate.merge called out of order with select")
+        if cache.embeddings is None:
+            cache.embeddings = np.empty((self.scale.count, encoded.shape[1]), np.float32)
+        cache.embeddings[mask] = encoded
+        return cache.embeddings.copy()
+
+    def drop(self, source: str) -> None:
+        """Forget a finished stream."""
+        self.streams.pop(source, None)
+
+    @property
+    def skipped_fraction(self) -> float:
+        """Fraction of scale-A windows that reused an embedding (full-frame crops not counted)."""
+        return self.stats["skipped"] / max(1, self.stats["windows"])

@@ -1,0 +1,121 @@
+"""Motion-gated crop encoding: which windows are re-encoded, and what the scores become."""
+
+import numpy as np
+import pytest
+
+from stprompt import windows
+from stprompt.errors import UserError
+from stprompt.runtime.api import open_detector
+from stprompt.runtime.detector import AlarmSettings
+from stprompt.runtime.gating import WindowGate
+
+
+def frame224(value: int = 100) -> np.ndarray:
+    return np.full((224, 224, 3), value, np.uint8)
+
+
+def test_static_windows_reuse_and_changed_windows_are_encoded():
+    gate = WindowGate(2.0)
+    first = frame224()
+    assert gate.select("a", first).all()  # nothing cached yet: every window
+    gate.merge("a", gate.streams["a"].pending[0], np.arange(49 * 2, dtype=np.float32).reshape(49, 2))
+    moved = first.copy()
+    moved[40:60, 100:140] = 250  # touches windows (1, 3), (1, 4) of the 7x7 grid
+    mask = gate.select("a", moved)
+    assert np.flatnonzero(mask).tolist() == [7 + 3, 7 + 4]
+    x_patch = gate.merge("a", mask, np.full((2, 2), -1, np.float32))
+    assert (x_patch[[10, 11]] == -1).all()
+    np.testing.assert_array_equal(
+        np.delete(x_patch, [10, 11], 0), np.delete(np.arange(98.0).reshape(49, 2), [10, 11], 0)
+    )
+    assert gate.stats == {"windows": 98, "skipped": 47}
+
+
+def test_change_is_measured_against_the_pixels_at_the_last_encoding():
+    """Slow drift accumulates: +1 grey level per frame with threshold 2.5 re-encodes every third frame."""
+    gate = WindowGate(2.5)
+    encoded = []
+    for i in range(10):
+        mask = gate.select("a", frame224(100 + i))
+        gate.merge("a", mask, np.zeros((int(mask.sum()), 4), np.float32))
+        encoded.append(bool(mask.all()))
+        assert mask.all() or not mask.any()
+    assert encoded == [True, False, False, True, False, False, True, False, False, True]
+
+
+def test_threshold_zero_is_off_and_negative_is_refused():
+    gate = WindowGate(0.0)
+    for _ in range(3):
+        assert gate.select("a", frame224()).all()
+    assert gate.stats["skipped"] == 0 and not gate.streams
+    with pytest.raises(UserError):
+        WindowGate(-1.0)
+    with pytest.raises(UserError):
+        WindowGate(float("nan"))
+
+
+def test_streams_keep_their_own_cache():
+    gate = WindowGate(1.0)
+    for sid, value in (("a", 10), ("b", 200)):
+        mask = gate.select(sid, frame224(value))
+        gate.merge(sid, mask, np.full((49, 1), value, np.float32))
+    mask = gate.select("a", frame224(10))
+    assert not mask.any()
+    assert (gate.merge("a", mask, np.zeros((0, 1), np.float32)) == 10).all()
+
+
+def static_frames(n: int, seed: int = 0, moving: bool = False) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, (120, 160, 3), dtype=np.uint8)
+    frames = []
+    for f in range(n):
+        frame = base.copy()
+        if moving and 20 <= f < 60:
+            x = 10 + f % 100
+            frame[40:70, x : x + 30] = (30, 220, 250)
+        frames.append(frame)
+    return frames
+
+
+def run_detector(engine: str, frames: list[np.ndarray], gate: float):
+    no_alarms = AlarmSettings(on=1.0, off=1.0, min_snippets=10**9)  # no scale-B crops in the counts
+    det = open_detector(engine, gate=gate, alarm=no_alarms)
+    events = [e for f in frames for e in det.feed(f, source="cam")] + det.finish("cam")
+    return np.array([e["score"] for e in events if e["type"] == "frame"]), det
+
+
+def test_gated_run_on_static_footage_skips_windows_and_keeps_scores(tiny_bundle):
+    engine = str(tiny_bundle.with_suffix(".onnx"))
+    frames = static_frames(96, moving=True)
+    reference, plain = run_detector(engine, frames, 0.0)
+    gated_scores, gated = run_detector(engine, frames, 0.5)
+    # 6 sampled frames; the first is encoded whole, the blob moves through some windows of the next three
+    assert plain.stats["gated_crops"] == 0 and plain.stats["crops"] == 6 * 50
+    assert gated.stats["gated_crops"] == 300 - gated.stats["crops"]
+    assert 0.5 < gated.stats["gated_crops"] / (5 * 49) < 1.0
+    # skipped windows had exactly their old pixels, so their embeddings are the old ones: the scores agree
+    np.testing.assert_allclose(gated_scores, reference, atol=1e-5)
+
+
+def test_gated_crops_are_the_same_crops_the_full_batch_has():
+    small = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    mask = np.zeros(49, bool)
+    mask[[0, 5, 48]] = True
+    from stprompt.runtime.detector import Detector
+
+    got = Detector._crops(small, mask)
+    full = windows.normalize(np.concatenate([small[None], windows.window_crops(small, windows.SCALE_A)]))
+    np.testing.assert_array_equal(got, full[[0, 1, 6, 49]])
+    np.testing.assert_array_equal(Detector._crops(small, np.ones(49, bool)), full)
+
+
+def test_stp_run_refuses_a_negative_gate(tiny_bundle, tmp_path, capsys):
+    from conftest import write_video
+
+    from stprompt.runtime import cli
+
+    video = tmp_path / "v.mp4"
+    write_video(video, 20)
+    assert cli.main([str(video), "--engine", str(tiny_bundle.with_suffix(".onnx")), "--gate", "-1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gate" in err[0]
