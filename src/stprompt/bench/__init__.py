@@ -1,0 +1,1 @@
+"""`stp-bench`: FLOPs and parameters per pipeline stage, latency and throughput per backend (read-only)."""
