@@ -105,3 +105,20 @@ def tiny_bundle(tiny_clip, tmp_path_factory) -> Path:
     ckpt = make_checkpoint(tiny_clip, out.with_name("model.pt"))
     assert cli.main(["--ckpt", str(ckpt), "--out", str(out), "--precision", "fp16", "--int8-cpu", "--quiet"]) == 0
     return out.with_name("model.json")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where PyTorch sees a CUDA device and skip, saying why, everywhere else."""
+    if any("gpu" in item.keywords for item in items) and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU visible to PyTorch (CUDA)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)

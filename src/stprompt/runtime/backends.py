@@ -271,10 +271,22 @@ def _require_torch():
     return torch
 
 
-class TorchBackend:
-    """The PyTorch reference: CLIP from the manifest's ClipSpec and the checkpoint's head and prompts (CPU)."""
+TORCH_DEVICES = ("cpu", "cuda")
 
-    def __init__(self, ckpt_path: Path, manifest: Manifest, max_batch: int | None):
+
+class TorchBackend:
+    """PyTorch: CLIP from the manifest's ClipSpec and the checkpoint's head and prompts.
+
+    `device="cpu"` with fp32 is the reference (bf16 = CPU autocast, AMX where present). `device="cuda"` encodes in
+    fp16 autocast with CUDA graphs (:class:`stprompt.clip.cuda_encoder.CudaImageEncoder`) and builds the window
+    crops on the GPU (:meth:`encode_frames`); the small temporal head stays in fp32 on the CPU either way.
+    """
+
+    def __init__(self, ckpt_path: Path, manifest: Manifest, max_batch: int | None, device: str = "cpu",
+                 precision: str | None = None):  # fmt: skip
+        if device not in TORCH_DEVICES:
+            raise UserError(f"unknown --device {device!r}; choose from {', '.join(TORCH_DEVICES)}")
+        precision = precision or ("fp16" if device == "cuda" else "fp32")
         torch = _require_torch()
         from ..checkpoint import load_checkpoint
         from ..clip.image import ImageEncoder
@@ -303,8 +315,15 @@ class TorchBackend:
         self.dim = manifest.dim
         self.max_batch = max_batch
         self.max_window: int | None = None
-        self.name = "torch"
-        self._encoder = ImageEncoder(clip.model, batch=max_batch or (1 << 30))
+        self.name = f"torch-{device}-{precision}"
+        self.device, self.precision = device, precision
+        self.gpu_preprocessing = device == "cuda"  # the Detector then hands over uint8 frames (encode_frames)
+        if device == "cuda":
+            from ..clip.cuda_encoder import CudaImageEncoder
+
+            self._encoder = CudaImageEncoder(clip.model, precision, max_batch=max_batch or 64)
+        else:
+            self._encoder = ImageEncoder(clip.model, precision=precision, batch=max_batch or (1 << 30))
         self._head = ckpt.build_head()
         self._prompts = ckpt.prompt_features.detach().float()
 
@@ -313,6 +332,27 @@ class TorchBackend:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         return np.asarray(self._encoder(images), np.float32)
+
+    def encode_frames(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        """Crops built where the encoder runs: 224x224 uint8 frames + window masks -> embeddings (Detector order).
+
+        On CUDA the frames go to the GPU as uint8 (150 KB each instead of 30 MB of float32 crops) and the windows
+        are cut and normalised there (:mod:`stprompt.clip.torch_windows`, within one grey level of the CPU crops).
+        """
+        torch = self._torch
+        from ..clip import torch_windows
+
+        if not smalls:
+            return np.zeros((0, self.dim), np.float32)
+        frames = torch.from_numpy(np.stack(smalls))
+        keep = torch.from_numpy(np.stack(masks))
+        if self.device == "cuda":
+            frames, keep = frames.pin_memory().to("cuda", non_blocking=True), keep.to("cuda")
+        with torch.inference_mode():
+            batch = torch_windows.encoder_batch(frames, keep)
+            if self.device == "cuda":
+                return self._encoder.encode_tensor(batch).cpu().numpy()
+            return np.asarray(self._encoder(batch.numpy()), np.float32)
 
     def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
         """Same call as the exported head graph: batch 1, every snippet valid."""
@@ -566,13 +606,16 @@ class TrtBackend:
 
 
 def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = None, max_batch: int | None = None,
-                 manifest: str | os.PathLike | None = None) -> tuple[Backend, Manifest]:  # fmt: skip
+                 manifest: str | os.PathLike | None = None, device: str | None = None,
+                 precision: str | None = None) -> tuple[Backend, Manifest]:  # fmt: skip
     """Open the backend the engine file's suffix names, with its verified bundle manifest.
 
     `providers`: ONNX Runtime execution providers in priority order (default CPU; aliases cpu, cuda, tensorrt).
     `max_batch`: largest encoder call; larger calls are split (TensorRT: capped at, and by default, the plan's
     profile max).
     `manifest`: the bundle's model.json when the engine (typically a `.pt` checkpoint) is not beside it.
+    `device` / `precision`: the PyTorch backend's (cpu fp32 / bf16, cuda fp16 / bf16 / fp32); other engines carry
+    their precision in the file.
     """
     path = Path(engine)
     suffix = path.suffix.lower()
@@ -592,9 +635,12 @@ def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = Non
             "wrote beside it (copy the whole bundle, same stem)"
         )
     m = load_manifest(mpath, verify=True)
+    if (device or precision) and suffix not in TORCH_SUFFIXES:
+        raise UserError(f"--device / --precision choose how a .pt checkpoint runs; {path.name} carries its own "
+                        "(use model.fp16.onnx / model.int8.onnx, or a TensorRT plan)")  # fmt: skip
     backend: Backend
     if suffix in TORCH_SUFFIXES:
-        backend = TorchBackend(path, m, max_batch)
+        backend = TorchBackend(path, m, max_batch, device or "cpu", precision)
     elif suffix in ORT_SUFFIXES:
         role = _bundle_role(path, m, "files")
         _refuse_head(path, role, m)

@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", required=True, help="a bundle file: .onnx (ONNX Runtime), .plan (TensorRT), .pt (PyTorch)"
     )
     p.add_argument("--providers", help="ONNX Runtime providers, comma separated (e.g. CUDAExecutionProvider)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where a .pt checkpoint runs (default cpu; cuda: fp16, "
+                   "CUDA graphs, windows cut on the GPU)")  # fmt: skip
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="a .pt checkpoint's encoder precision "
+                   "(default fp32 on cpu, fp16 on cuda)")  # fmt: skip
     p.add_argument("--events", default="-", help="JSON Lines events file ('-' = stdout)")
     p.add_argument("--video-out", help="annotated video of the sampled frames (one file per source when several)")
     p.add_argument(
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     from .sources import open_source, redact
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-    backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch)
+    backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch, device=args.device,
+                                     precision=args.precision)  # fmt: skip
     if args.check:
         return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)

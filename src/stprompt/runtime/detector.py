@@ -129,7 +129,10 @@ class Detector:
         smalls = [windows.resize_frame(f.image) for _, f in sampled]
         masks = [self.gate.select(sid, small) for (sid, _), small in zip(sampled, smalls, strict=True)]
         self.stats["gated_crops"] = self.gate.stats["skipped"]
-        embeddings = self._encode([self._crops(small, mask) for small, mask in zip(smalls, masks, strict=True)])
+        if getattr(self.backend, "gpu_preprocessing", False):
+            embeddings = self._encode_on_device(smalls, masks)
+        else:
+            embeddings = self._encode([self._crops(small, mask) for small, mask in zip(smalls, masks, strict=True)])
         ready: dict[int, Sampled] = {}
         start = 0
         for (sid, f), small, mask in zip(sampled, smalls, masks, strict=True):
@@ -207,6 +210,14 @@ class Detector:
         self.stats["crops"] += len(images)
         self.stats["sampled"] += len(batches)
         return np.concatenate(outs, axis=0)
+
+    def _encode_on_device(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        """Backends that cut windows on their device get the 224x224 uint8 frames (GPU preprocessing)."""
+        crops = sum(1 + int(m.sum()) for m in masks)
+        self.stats["encoder_calls"] += -(-crops // self.max_batch) if crops else 0
+        self.stats["crops"] += crops
+        self.stats["sampled"] += len(smalls)
+        return self.backend.encode_frames(smalls, masks)
 
     def _complete(self, sid: str, state: StreamState, force: bool = False) -> list[dict[str, Any]]:
         """Push the waiting snippet once all of its stride frames have arrived."""
