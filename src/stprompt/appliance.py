@@ -1,0 +1,336 @@
+"""`stp-appliance`: the container entrypoint. Build or reuse the bundle's TensorRT engines, then become `stp-run`.
+
+On every start it decides, and says on one stderr line, one of:
+
+- `build`    no plan for this bundle in the cache yet (first start): build through `stp-build`'s code;
+- `rebuild`  a cached plan's key no longer matches (new bundle, TensorRT version, GPU or build settings), or
+             a rebuild was asked for (`--rebuild`, STP_REBUILD=1);
+- `reuse`    every plan's cache key and sha256 match: nothing is built;
+- `fallback` TensorRT is not importable or no GPU is visible: `stp-run` gets the bundle's ONNX encoder and
+             runs it with ONNX Runtime.
+
+The cache keys and the builder are `stprompt.export.trt_build`'s (`expected_key`, `plan_is_current`,
+`build_bundle_engines`), so a plan the appliance reuses is exactly one `stp-build` would reuse.
+
+**Where plans go.** The bundle volume may be read-only and must never be modified by the device, so with a
+cache folder (`--cache`, STP_CACHE) the appliance stages a working copy of the bundle there: a symlink per
+bundle file (ONNX graphs and queries, not copied: the encoder alone is hundreds of MB), a copy of `model.json`,
+and beside them the plans, their timing cache and the manifest records `stp-build` writes. The staged manifest
+is refreshed from the bundle's on every start, keeping only the previous `engines` records, so a new export
+mounted at the same place is noticed (its ONNX sha256 is in every key) and rebuilt. Without a cache folder,
+plans are built beside the bundle, as `stp-build` does.
+
+**Why exec, not an in-process call.** After the decision the appliance replaces itself with
+`python -m stprompt.runtime.cli` (os.execv) instead of calling `runtime.cli.main` in this process: probing and
+building initialise CUDA and TensorRT and leave the builder's allocations and a CUDA context behind; exec starts
+`stp-run` with one fresh context (two contexts in one process are a known source of invalid-handle errors), with
+all build memory returned (it matters on 8 GB Jetsons), and as the same PID, so `docker stop`'s SIGTERM reaches
+`stp-run` itself, which flushes its events and exits cleanly. The cost is one interpreter start (about a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
+
+from .errors import UserError, cli_entry
+from .export import trt_build
+from .export.manifest import FORMAT, SUFFIX, Manifest, load_manifest, write_manifest
+
+PROG = "stp-appliance"
+ENV_BUNDLE, ENV_CACHE, ENV_REBUILD, ENV_BUILD_ARGS = "STP_BUNDLE", "STP_CACHE", "STP_REBUILD", "STP_BUILD_ARGS"
+NO_GPU = "no CUDA GPU is visible (docker run --gpus all on x86, --runtime nvidia on Jetson)"
+ACTIONS = ("build", "rebuild", "reuse", "fallback")
+
+
+class TrtTarget(NamedTuple):
+    """What the plans of this device are built for (two of the cache key's inputs)."""
+
+    version: str
+    compute_capability: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the appliance did and the engine file `stp-run` gets."""
+
+    action: str  # one of ACTIONS
+    engine: Path
+    message: str  # the one line printed on stderr
+
+
+def probe_tensorrt() -> TrtTarget | str:
+    """The TensorRT version and GPU compute capability plans are built for here, or why TensorRT cannot be used."""
+    try:
+        present = trt_build.tensorrt_available()
+    except (ImportError, ValueError):  # find_spec raises for a module blocked or half-installed
+        present = False
+    if not present:
+        return "TensorRT is not installed"
+    try:
+        trt = trt_build.require_tensorrt()
+    except UserError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - a broken install (missing libnvinfer, driver) means: fall back
+        return f"TensorRT does not load ({_first_line(err)})"
+    try:
+        cc = trt_build.gpu_compute_capability()
+    except Exception:  # noqa: BLE001 - UserError from the probe, or a CUDA library error: no usable GPU
+        return NO_GPU
+    return TrtTarget(str(trt.__version__), cc)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def find_manifest(bundle: str | os.PathLike) -> Path:
+    """`model.json`, its stem, or the folder holding it -> the manifest path (a UserError names what is missing)."""
+    p = Path(bundle)
+    if p.is_dir():
+        if (p / f"model{SUFFIX}").is_file():
+            return p / f"model{SUFFIX}"
+        found = sorted(f for f in p.glob(f"*{SUFFIX}") if _is_bundle_manifest(f))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise UserError(f"no bundle manifest (model.json from stp-export) in {p}")
+        raise UserError(
+            f"{p} holds several bundles ({', '.join(f.name for f in found)}); name one: --bundle DIR/X.json"
+        )
+    candidate = p if p.suffix == SUFFIX else p.with_name(p.name + SUFFIX)
+    if not candidate.is_file():
+        raise UserError(f"bundle not found: {p} (mount the folder stp-export wrote, e.g. -v $PWD/bundle:/bundle:ro)")
+    return candidate
+
+
+def _is_bundle_manifest(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _writable_dir(path: Path, what: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the {what} {path}: {err.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(
+            f"the {what} {path} is not writable by uid {os.getuid()} "
+            "(chown the host folder to that uid, or use a named volume)"
+        )
+    return path
+
+
+def stage_bundle(source: Manifest, cache: Path) -> Path:
+    """The bundle's working copy in `cache` (symlinked files, copied manifest, earlier engine records); its path."""
+    cache = _writable_dir(cache, "engine cache folder")
+    work = cache / source.path.name
+    for entry in source.raw["files"].values():
+        link, target = cache / entry["path"], source.root / entry["path"]
+        if link.is_symlink() and os.readlink(link) == os.fspath(target):
+            continue
+        tmp = link.with_name(f"{link.name}.tmp-{os.getpid()}")
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, link)  # atomically replaces a stale link (or a file) of an earlier bundle
+    doc: dict[str, Any] = dict(source.raw)
+    doc.pop("engines", None)  # records beside the bundle point at plans there, not here
+    engines = _previous_engines(work)
+    if engines:
+        doc["engines"] = engines  # kept only as candidates: a record is used when its key and sha256 match
+    write_manifest(work, doc)
+    return work
+
+
+def _previous_engines(work: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(work.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    engines = doc.get("engines") if isinstance(doc, dict) else None
+    if not isinstance(engines, dict):
+        return {}
+    return {
+        role: rec
+        for role, rec in engines.items()
+        if isinstance(rec, dict) and isinstance(rec.get("path"), str) and Path(rec["path"]).name == rec["path"]
+    }
+
+
+def _build_options(build_args: Sequence[str], manifest: Path) -> tuple[bool, bool, dict[str, Any]]:
+    """(force, quiet, overrides) from stp-build flags, parsed by stp-build's own parser."""
+    from .export import build_cli
+
+    parser = build_cli.build_parser()
+    parser.prog = f"{PROG} --build-args"
+    args = parser.parse_args([os.fspath(manifest), *build_args])
+    names = ("max_batch", "opt_batch", "max_window", "opt_window", "workspace_gb")
+    return args.force, args.quiet, {name: getattr(args, name) for name in names}
+
+
+def prepare_engine(
+    bundle: str | os.PathLike,
+    cache: str | os.PathLike | None = None,
+    *,
+    rebuild: bool = False,
+    build_args: Sequence[str] = (),
+    log: Callable[[str], None] | None = None,
+) -> Decision:
+    """Build, rebuild, reuse or fall back; print the decision on one line; return the engine for `stp-run`.
+
+    `cache`: where plans are built (a working copy of the bundle is staged there); None = beside the bundle.
+    `build_args`: stp-build flags (--max-batch, --workspace-gb, --force, ...), applied to builds and to the keys.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    manifest_file = find_manifest(bundle)
+    source = load_manifest(manifest_file)  # a missing or modified bundle file is refused here, by name
+    force, quiet, overrides = _build_options(build_args, manifest_file)
+    force = force or rebuild
+    target = probe_tensorrt()
+    if isinstance(target, str):
+        engine = source.file("encoder")
+        message = f"{PROG}: fallback to ONNX Runtime ({target}): {engine}"
+        log(message)
+        return Decision("fallback", engine, message)
+
+    if cache is None or Path(cache).resolve() == source.root:
+        if not os.access(source.root, os.W_OK | os.X_OK):
+            raise UserError(f"{source.root} is read-only: give a writable cache folder for the plans (--cache DIR)")
+        work_file = source.path
+    else:
+        work_file = stage_bundle(source, Path(cache))
+    work = load_manifest(work_file, verify=False)  # the files behind it were verified above
+    settings = trt_build.BuildSettings.from_manifest(work, **overrides)
+    roles = [role for role, _precision, _profiles in trt_build.engine_jobs(work, settings)]
+    keys = {
+        role: trt_build.expected_key(work, role, target.version, target.compute_capability, settings) for role in roles
+    }
+    stale = [role for role in roles if not trt_build.plan_is_current(work, role, keys[role])]
+    where = f"TensorRT {target.version}, GPU sm {target.compute_capability}"
+    plans = {role: work.engine(role) for role in roles}
+    if not stale and not force:
+        engine = plans["encoder"]  # current, so recorded and present
+        message = f"{PROG}: reuse: {engine} and its head plans match this bundle ({where}, key {keys['encoder'][:12]})"
+        log(message)
+        return Decision("reuse", Path(engine), message)
+
+    had_plans = any(plan is not None and plan.is_file() for plan in plans.values())
+    if force:
+        action, why = "rebuild", "asked for (--rebuild)"
+    elif had_plans:
+        action, why = "rebuild", f"cached {', '.join(stale)} plan(s) do not match (bundle, TensorRT, GPU or settings)"
+    else:
+        action, why = "build", "no plans for this bundle yet (first start)"
+    message = f"{PROG}: {action}: {why}; building into {work.root} ({where}; takes minutes, later starts reuse it)"
+    log(message)
+    build_log = (lambda _msg: None) if quiet else log
+    built = trt_build.build_bundle_engines(work_file, force=force, log=build_log, **overrides)
+    engine = built.engine("encoder")
+    if engine is None or not engine.is_file():
+        raise UserError(f"stp-build left no encoder plan in {work.root}")
+    return Decision(action, engine, message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [-h] [--bundle BUNDLE] [--cache CACHE] [--rebuild] [--build-args ARGS] [--] STP_RUN_ARG ...",
+        description=(
+            "Container entrypoint: build the TensorRT engines of a bundle on this device, or reuse them when their "
+            "cache key matches, or fall back to ONNX Runtime when TensorRT or the GPU is missing (one line on "
+            "stderr says which); then exec stp-run --engine <that engine> with the remaining arguments, unchanged. "
+            "Appliance options come first; the first other argument (or --) starts stp-run's."
+        ),
+        allow_abbrev=False,
+    )
+    p.add_argument("--bundle", help=f"model.json or the folder holding it (default: ${ENV_BUNDLE})")
+    p.add_argument(
+        "--cache",
+        help=f"writable folder for the plans and a working copy of the bundle (default: ${ENV_CACHE}; "
+        "unset = build beside the bundle, like stp-build)",
+    )
+    p.add_argument("--rebuild", action="store_true", help=f"rebuild the plans even when current (or {ENV_REBUILD}=1)")
+    p.add_argument(
+        "--build-args",
+        metavar="ARGS",
+        help=f'stp-build flags for the build, one string (or ${ENV_BUILD_ARGS}), e.g. --build-args="--max-batch 64"',
+    )
+    p.add_argument("run_args", nargs="*", metavar="STP_RUN_ARG", help="stp-run's sources and flags, passed on as given")
+    return p
+
+
+def split_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> tuple[list[str], list[str]]:
+    """(appliance arguments, stp-run arguments): appliance options lead; `--` or the first other argument ends them."""
+    parser = parser or build_parser()
+    takes_value = {s: a.nargs != 0 for a in parser._actions for s in a.option_strings}
+    own: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return own, list(argv[i + 1 :])
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if name not in takes_value:
+            break
+        step = 2 if takes_value[name] and "=" not in arg else 1
+        own += argv[i : i + step]
+        i += step
+    return own, list(argv[i:])
+
+
+def check_run_args(run_args: Sequence[str]) -> None:
+    """Let stp-run's parser judge the arguments before a build of minutes, and keep --engine the appliance's."""
+    from .runtime import cli as run_cli
+
+    placeholder = "<the appliance's engine>"
+    # argparse errors (and --help) exit here; a user's --engine (or an abbreviation of it) replaces the placeholder
+    if run_cli.build_parser().parse_args(["--engine", placeholder, *run_args]).engine != placeholder:
+        raise UserError(
+            "stp-run's --engine is chosen by the appliance from the bundle; to run another engine file use "
+            "stp-run directly (docker run --entrypoint stp-run ...)"
+        )
+
+
+def exec_stp_run(engine: Path, run_args: Sequence[str]) -> NoReturn:
+    """Replace this process by `stp-run --engine ENGINE RUN_ARGS...` on the same interpreter (see module doc)."""
+    argv = [sys.executable, "-m", "stprompt.runtime.cli", "--engine", os.fspath(engine), *run_args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@cli_entry(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    own, run_args = split_argv(sys.argv[1:] if argv is None else argv, parser)
+    args = parser.parse_args(own)
+    bundle = args.bundle or os.environ.get(ENV_BUNDLE)
+    if not bundle:
+        raise UserError(f"no bundle: give --bundle DIR or set {ENV_BUNDLE} (the image sets /bundle)")
+    if not run_args:
+        raise UserError("no stp-run arguments: give at least one SOURCE (a video, camera0, rtsp://...)")
+    check_run_args(run_args)
+    cache = args.cache or os.environ.get(ENV_CACHE) or None
+    build_args = shlex.split(args.build_args if args.build_args is not None else os.environ.get(ENV_BUILD_ARGS, ""))
+    decision = prepare_engine(bundle, cache, rebuild=args.rebuild or _env_flag(ENV_REBUILD), build_args=build_args)
+    exec_stp_run(decision.engine, run_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
