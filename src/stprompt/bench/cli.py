@@ -1,0 +1,302 @@
+"""`stp-bench`: FLOPs and parameters per stage, latency p50/p90/p99 per stage, throughput per backend.
+
+    stp-bench --clip ViT-B-16:random                 # random-weights bundle built on the fly, every backend here
+    stp-bench --engine bundle/model.onnx --json r.json   # a given bundle file
+    stp-bench --engine bundle/model.json --backends ort-fp32,ort-int8,torch-bf16,baseline
+
+What is timed is printed beside every number and stored in the JSON (see `stprompt.bench.stages`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError, cli_entry
+from ..fileio import atomic_write_text
+
+BACKENDS = ("ort-fp32", "ort-fp16", "ort-int8", "trt", "torch-fp32", "torch-bf16", "torch-cuda-fp16", "baseline")
+_FILES = {"ort-fp32": "model.onnx", "ort-fp16": "model.fp16.onnx", "ort-int8": "model.int8.onnx", "trt": "model.plan",
+          "torch-fp32": "model.pt", "torch-bf16": "model.pt", "torch-cuda-fp16": "model.pt"}  # fmt: skip
+_TORCH = {"torch-fp32": ("cpu", "fp32"), "torch-bf16": ("cpu", "bf16"), "torch-cuda-fp16": ("cuda", "fp16")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stp-bench",
+        description="FLOPs, per-stage latency (p50/p90/p99 after warm-up) and throughput per backend of the STPrompt "
+        "pipeline on this machine; a table on stdout, everything with the machine stamp in --json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--engine", help="a bundle file (model.json, .onnx, .plan, .pt): measure that bundle")
+    src.add_argument("--clip", metavar="SPEC", help="no bundle: export a random-weights bundle of this CLIP (e.g. "
+                     "ViT-B-16:random) to a temporary folder (or --keep) and measure it")  # fmt: skip
+    p.add_argument("--backends", default="auto", help=f"comma separated from {', '.join(BACKENDS)}; 'auto': "
+                   "with --engine, that file's backend and the baseline; with --clip, every backend this machine "
+                   "has")  # fmt: skip
+    p.add_argument("--providers", help="ONNX Runtime providers for the ort-* backends (default CPU)")
+    p.add_argument("--keep", metavar="DIR", help="with --clip: write the bundle here and keep it (reuse: --engine)")
+    p.add_argument("--frames", type=int, default=48, help="video frames for the end-to-end run (stride 16: 3 sampled)")
+    p.add_argument("--size", default="640x360", help="test video frame size WxH")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before each stage")
+    p.add_argument("--repeats", type=int, default=3, help="least timed calls per stage (fast stages run >= 0.5 s)")
+    p.add_argument("--gate", type=float, default=0.0, help="motion gating threshold for the end-to-end run")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOPs table (needs open_clip for the config)")
+    p.add_argument("--json", metavar="FILE", help="write the full results here (atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _log(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _available(name: str, bundle_dir: Path) -> str | None:
+    """Why `name` cannot run here, or None when it can."""
+    import importlib.util
+
+    file = _FILES.get(name)
+    if file and not (bundle_dir / file).is_file():
+        return f"no {file} in the bundle" + (" (run stp-build)" if name == "trt" else "")
+    need = {"trt": ("tensorrt",), "baseline": ("torch", "open_clip")}.get(name, ())
+    need += ("torch", "open_clip") if name.startswith("torch") else ("onnxruntime",) if name.startswith("ort") else ()
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed"
+    if name == "torch-cuda-fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU visible to PyTorch"
+    return None
+
+
+def _engine_backend(engine: Path) -> str:
+    suffix = engine.suffix.lower()
+    if suffix in (".plan", ".engine"):
+        return "trt"
+    if suffix in (".pt", ".pth"):
+        return "torch-fp32"
+    if engine.name.endswith(".int8.onnx"):
+        return "ort-int8"
+    return "ort-fp16" if engine.name.endswith(".fp16.onnx") else "ort-fp32"
+
+
+def choose_backends(args, bundle_dir: Path, engine: Path | None) -> tuple[list[str], dict[str, str]]:
+    """(backends to run, {backend: why skipped}); an explicitly requested backend that cannot run is an error."""
+    if args.backends == "auto":
+        wanted = [_engine_backend(engine), "baseline"] if engine and engine.suffix != ".json" else list(BACKENDS)
+        explicit = False
+    else:
+        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = [b for b in wanted if b not in BACKENDS]
+        if unknown:
+            raise UserError(f"unknown backend {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        explicit = True
+    run, skipped = [], {}
+    for name in dict.fromkeys(wanted):
+        why = _available(name, bundle_dir)
+        if why is None:
+            run.append(name)
+        elif explicit:
+            raise UserError(f"backend {name} cannot run here: {why}")
+        else:
+            skipped[name] = why
+    if not [b for b in run if b != "baseline"]:
+        raise UserError(f"no backend can run here ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
+    return run, skipped
+
+
+def _open(name: str, bundle_dir: Path, providers):
+    from ..runtime.backends import open_backend
+
+    if name in _TORCH:
+        device, precision = _TORCH[name]
+        backend, _ = open_backend(bundle_dir / "model.pt", device=device, precision=precision,
+                                  manifest=bundle_dir / "model.json")  # fmt: skip
+    else:
+        backend, _ = open_backend(bundle_dir / _FILES[name], providers=providers if name != "trt" else None)
+    return backend
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size must be WxH (e.g. 640x360), got {text!r}") from None
+    if w < 32 or h < 32:
+        raise UserError(f"--size {text}: frames must be at least 32x32")
+    return w, h
+
+
+def flops_rows(manifest) -> list[dict[str, Any]]:
+    from ..model.config import HeadConfig
+    from .flops import pipeline_costs
+
+    n_queries = len(manifest.load_queries()[0])  # the bundle's own bank (users may edit it)
+    rows = pipeline_costs(manifest.clip, HeadConfig.from_dict(manifest.head), n_queries)
+    return [r.as_dict() for r in rows]
+
+
+def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Path) -> dict[str, Any]:
+    """Every stage and backend; the result dict stp-bench prints and writes."""
+    import numpy as np
+
+    from .. import windows
+    from . import stages
+
+    kw = {"warmup": args.warmup, "repeats": args.repeats, "min_seconds": 0.0}  # slow stages: exactly --repeats
+    fast = {"warmup": max(1, args.warmup), "repeats": max(args.repeats, 20), "min_seconds": 0.5}
+    video = stages.write_test_video(work / "bench.mp4", max(args.frames, manifest.stride), _parse_size(args.size))
+    frame = stages.read_frames(video, manifest.stride)[manifest.offset]
+    crops = windows.encoder_batch(frame)
+    timings = [stages.time_decode(video, **fast), stages.time_windows(frame, **fast)]
+    timings.append(stages.time_sa2(manifest.dim, int(manifest.head.get("topk_windows", 12)), **fast))
+    timings.append(stages.time_sinks(manifest, frame, work, **fast))
+    per_backend: dict[str, dict[str, Any]] = {}
+    primary = None
+    for name in backends:
+        _log(args, f"stp-bench: {name} ...")
+        if name == "baseline":
+            one = stages.baseline_encoder(manifest)
+            note = "naive loop: each crop resized and encoded alone, open_clip fp32"
+            t = stages.measure(lambda one=one: one(frame), "encode", "baseline", "sampled frame", note=note, **kw)
+            timings.append(t)
+            per_backend[name] = {"encode": t}
+            continue
+        backend = _open(name, bundle_dir, args.providers)
+        try:
+            enc = stages.time_encode(backend, name, crops, **kw)
+            head = stages.time_head(backend, name, manifest, **fast)
+            e2e, stats = stages.run_end_to_end(backend, name, manifest, video, args.frames, args.gate)
+            timings += [enc, head, e2e]
+            if primary is None:
+                primary = name
+                timings.append(stages.time_localization(backend, name, manifest, frame, **kw))
+            per_backend[name] = {"encode": enc, "head": head, "e2e": e2e, "stats": stats}
+        finally:
+            backend.close()
+    base = per_backend.get("baseline", {}).get("encode")
+    summary: dict[str, dict[str, Any]] = {}
+    for name, r in per_backend.items():
+        enc = r["encode"]
+        row = {"crops_per_s": len(crops) / enc.mean_s, "encoder_sampled_fps": 1.0 / enc.mean_s,
+               "p50_ms": enc.percentile(50), "p90_ms": enc.percentile(90), "p99_ms": enc.percentile(99),
+               "n": len(enc.samples)}  # fmt: skip
+        if "e2e" in r and r["e2e"].samples:
+            e2e = r["e2e"]
+            row["sampled_fps"] = len(e2e.samples) / float(np.sum(e2e.samples))
+            row["pipeline_efficiency"] = row["sampled_fps"] / row["encoder_sampled_fps"]
+            row["end_to_end_p50_ms"], row["end_to_end_p99_ms"] = e2e.percentile(50), e2e.percentile(99)
+            row["crops_encoded"], row["crops_gated"] = r["stats"]["crops"], r["stats"]["gated_crops"]
+        else:
+            row["sampled_fps"] = row["encoder_sampled_fps"]  # the baseline has no pipeline around it
+        if base is not None:
+            row["speedup_vs_baseline"] = base.mean_s / enc.mean_s
+        summary[name] = row
+    return {"timings": [t.as_dict() for t in timings], "backends": summary, "primary": primary,
+            "crops_per_sampled_frame": len(crops), "frame_size": list(frame.shape[1::-1])}  # fmt: skip
+
+
+def render(result: dict[str, Any]) -> str:
+    """The stdout table."""
+    from .machine import describe
+
+    out = [f"stp-bench  {result['bundle']['clip']}  ({result['bundle']['manifest']})",
+           f"machine    {describe(result['machine'])}",
+           f"timed      {result['timed']}"]  # fmt: skip
+    if result.get("flops"):
+        out += ["", f"{'FLOPs (analytic, matmul/conv MACs; FLOP = 2 MAC)':52}{'per':>16}{'GMAC':>11}{'GFLOP':>11}"
+                f"{'params':>10}"]  # fmt: skip
+        for r in result["flops"]:
+            out.append(f"{r['name']:52}{r['per']:>16}{r['gmacs']:>11.3f}{r['gflops']:>11.3f}{r['params'] / 1e6:>9.2f}M")
+    out += ["", f"{'latency (ms)':14}{'backend':17}{'per':15}{'p50':>10}{'p90':>10}{'p99':>10}{'n':>6}  what"]
+    for t in result["timings"]:
+        out.append(f"{t['stage']:14}{t['backend']:17}{t['per']:15}{t['p50_ms']:>10.2f}{t['p90_ms']:>10.2f}"
+                   f"{t['p99_ms']:>10.2f}{t['n']:>6}  {t['note']}")  # fmt: skip
+    out += ["", f"{'throughput':17}{'crops/s':>10}{'enc sampled/s':>15}{'pipe sampled/s':>16}{'efficiency':>12}"
+            f"{'x baseline':>12}"]  # fmt: skip
+    for name, r in result["backends"].items():
+        eff = f"{r['pipeline_efficiency']:.2f}" if "pipeline_efficiency" in r else "-"
+        pipe = f"{r['sampled_fps']:.3f}" if "pipeline_efficiency" in r else "-"
+        ratio = f"{r['speedup_vs_baseline']:.2f}" if "speedup_vs_baseline" in r else "-"
+        out.append(f"{name:17}{r['crops_per_s']:>10.2f}{r['encoder_sampled_fps']:>15.3f}{pipe:>16}{eff:>12}"
+                   f"{ratio:>12}")  # fmt: skip
+    for name, why in result.get("skipped", {}).items():
+        out.append(f"{name:17}skipped: {why}")
+    return "\n".join(out)
+
+
+def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[str, Any]:
+    from ..export.manifest import load_manifest
+    from .machine import machine_stamp
+
+    manifest = load_manifest(manifest_path, verify=True)
+    backends, skipped = choose_backends(args, manifest_path.parent, engine)
+    result: dict[str, Any] = {
+        "format": "stprompt-bench/1",
+        "bundle": {
+            "manifest": str(manifest_path),
+            "clip": manifest.clip,
+            "classes": len(manifest.classes),
+            "stride": manifest.stride,
+            "engine": str(engine) if engine else None,
+        },  # fmt: skip
+        "machine": machine_stamp(),
+        "settings": {k: getattr(args, k) for k in ("frames", "size", "warmup", "repeats", "gate", "providers")},
+        "skipped": skipped,
+        "timed": "wall clock per unit of work after warm-up, host arrays in and out (a GPU is synchronised by the "
+        "copy back); encode = one backend call on the 50 crops of a sampled frame; end-to-end = Detector on a "
+        "video file with decode, alarms off; efficiency = pipeline sampled/s / encoder sampled/s",
+    }
+    if not args.no_flops:
+        result["flops"] = flops_rows(manifest)
+        result["encoder_gflops_per_crop"] = round(result["flops"][0]["gflops"], 2)
+    result.update(measure_all(args, manifest, manifest_path.parent, backends, work))
+    primary = result["primary"]
+    result["pipeline_efficiency"] = result["backends"][primary].get("pipeline_efficiency") if primary else None
+    return result
+
+
+@cli_entry("stp-bench")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.frames < 1 or args.repeats < 1 or args.warmup < 0:
+        raise UserError("--frames and --repeats must be >= 1, --warmup >= 0")
+    _parse_size(args.size)
+    with tempfile.TemporaryDirectory(prefix="stp-bench-") as tmp:
+        work = Path(tmp)
+        if args.clip:
+            wanted = set(BACKENDS if args.backends == "auto" else args.backends.split(","))
+            target = Path(args.keep) if args.keep else work / "bundle"
+            from .bundle import random_bundle
+
+            manifest_path = random_bundle(args.clip, target, int8="ort-int8" in wanted, fp16="ort-fp16" in wanted,
+                                          log=lambda m: _log(args, m))  # fmt: skip
+            engine = None
+        else:
+            from ..export.manifest import manifest_path as find_manifest
+            from ..runtime.backends import bundle_manifest_for
+
+            engine = Path(args.engine)
+            if not engine.is_file():
+                raise UserError(f"engine file not found: {engine}")
+            manifest_path = find_manifest(engine) if engine.suffix == ".json" else bundle_manifest_for(engine)
+            if not manifest_path.is_file():
+                raise UserError(f"{engine.name}: bundle manifest {manifest_path} not found beside it")
+        result = _bench(args, manifest_path, engine, work)
+    print(render(result))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
+        _log(args, f"stp-bench: wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The units of work stp-bench times, one function per pipeline stage, each built exactly as stp-run runs it.
+
+decode (one frame of a file), windows (resize + 1 + 49 crops + normalisation of one sampled frame), encode (one
+sampled frame's 50 crops in one backend call), SA2 (the two kernel calls a snippet costs in the stream), head (one
+head call over the window the stream scores a snippet with), localization (scale-B crops, their encoding, heat map
+and boxes of one alarm frame), sinks (one event line and one annotated frame written), end to end (the Detector on
+a video file, decode included), and the baseline (a researcher's loop: each crop resized alone and encoded alone
+with open_clip in PyTorch fp32).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .. import windows
+from ..kernels.sa2 import sa2_step
+from ..runtime.detector import AlarmSettings, Detector, Sampled, Snippet
+from ..runtime.sinks import VideoSink
+from ..runtime.sources import VideoFileSource
+from .timing import Timing, measure
+
+NO_ALARMS = AlarmSettings(on=1.0, off=1.0, min_snippets=10**9)  # end to end without localization's extra crops
+
+
+def write_test_video(path: Path, n_frames: int, size: tuple[int, int] = (640, 360), seed: int = 0) -> Path:
+    """A textured scene with a moving block (mp4v), the input every timed stage uses."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path}")
+    for f in range(n_frames):
+        frame = base.copy()
+        x = (f * 7) % (w - 60)
+        frame[h // 3 : h // 3 + 60, x : x + 60] = (40, 200, 240)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def read_frames(path: Path, n: int) -> list[np.ndarray]:
+    src = VideoFileSource(path)
+    frames = []
+    try:
+        while len(frames) < n and (f := src.read()) is not None:
+            frames.append(f.image)
+    finally:
+        src.close()
+    return frames
+
+
+def time_decode(video: Path, **kw) -> Timing:
+    state: dict[str, Any] = {"src": VideoFileSource(video)}
+
+    def one() -> None:
+        if state["src"].read() is None:  # wrap around: reopen (the reopen is rare and lands in p99)
+            state["src"].close()
+            state["src"] = VideoFileSource(video)
+            state["src"].read()
+
+    try:
+        return measure(one, "decode", "-", "frame", note="OpenCV VideoCapture, mp4v", **kw)
+    finally:
+        state["src"].close()
+
+
+def time_windows(frame: np.ndarray, **kw) -> Timing:
+    out = np.empty((windows.crops_per_frame(), 3, 224, 224), np.float32)
+    h, w = frame.shape[:2]
+    return measure(lambda: windows.encoder_batch(frame, out=out), "windows", "-", "sampled frame",
+                   note=f"{w}x{h} -> 224 resize, 49 windows, normalise", **kw)  # fmt: skip
+
+
+def time_encode(backend, name: str, crops: np.ndarray, **kw) -> Timing:
+    return measure(lambda: backend.encode(crops), "encode", name, "sampled frame",
+                   note=f"{len(crops)} crops, one call", **kw)  # fmt: skip
+
+
+def time_sa2(dim: int, k: int, **kw) -> Timing:
+    rng = np.random.default_rng(0)
+    prev, cur, nxt = (rng.standard_normal((49, dim)).astype(np.float32) for _ in range(3))
+
+    def one() -> None:  # the stream finalises the previous snippet and makes the newest provisional
+        sa2_step(prev, cur, nxt, k)
+        sa2_step(cur, nxt, nxt, k)
+
+    return measure(one, "sa2", "numba", "snippet", note="2 sa2_step calls", **kw)
+
+
+def head_window(manifest, lookahead: int | None = None) -> int:
+    """Snippets in the head call that scores one snippet in the stream: context + lookahead + 1."""
+    exact = int(manifest.head["exact_lookahead"])
+    return (exact - 1) + (exact if lookahead is None else lookahead) + 1
+
+
+def time_head(backend, name: str, manifest, **kw) -> Timing:
+    t = head_window(manifest)
+    rng = np.random.default_rng(0)
+    x_clip = rng.standard_normal((t, manifest.dim)).astype(np.float32)
+    x_as = rng.standard_normal((t, manifest.dim)).astype(np.float32)
+    return measure(lambda: backend.head_features(x_clip, x_as), "head", name, "snippet",
+                   note=f"head after SA2 over {t} snippets", **kw)  # fmt: skip
+
+
+def _sampled(detector: Detector, frame: np.ndarray) -> Sampled:
+    small = windows.resize_frame(frame)
+    emb = detector.backend.encode(windows.encoder_batch(frame))
+    return Sampled(0, 0.0, frame, small, emb[0], emb[1:])
+
+
+def time_localization(backend, name: str, manifest, frame: np.ndarray, **kw) -> Timing:
+    detector = Detector(backend, manifest)
+    sampled = _sampled(detector, frame)
+    return measure(lambda: detector._locate(sampled), "localization", name, "alarm frame",
+                   note="16 scale-B crops encoded, heat map, boxes", **kw)  # fmt: skip
+
+
+def time_sinks(manifest, frame: np.ndarray, out_dir: Path, **kw) -> Timing:
+    h, w = frame.shape[:2]
+    heat = np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w)
+    boxes = np.array([[10, 10, w // 2, h // 2, 0.9]], np.float32)
+    event = {"type": "frame", "source": "bench", "frame": 0, "time": 0.0, "score": 0.7, "score_c": 0.7,
+             "class": manifest.classes[-1], "probs": [0.3] + [0.7 / (len(manifest.classes) - 1)] * (
+                 len(manifest.classes) - 1)}  # fmt: skip
+    snippet = Snippet("bench", event, frame, heat, boxes)
+    sink = VideoSink(str(out_dir / "sinks.mp4"), 25.0, 0.5, list(manifest.classes), several=False)
+    with open(out_dir / "events.jsonl", "w", encoding="utf-8") as fh:
+
+        def one() -> None:
+            fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+            fh.flush()
+            sink(snippet)
+
+        try:
+            return measure(one, "sinks", "-", "snippet", note="JSON line + annotated alarm frame (heat, boxes)", **kw)
+        finally:
+            sink.close()
+
+
+def run_end_to_end(backend, name: str, manifest, video: Path, n_frames: int,
+                   gate: float = 0.0) -> tuple[Timing, dict[str, int]]:  # fmt: skip
+    """The Detector on a file, as stp-run drives it (decode included, alarms off); one sample per sampled frame.
+
+    A sample is the time from reading the first frame of a stride to having processed its last frame, i.e. what
+    one sampled frame costs the pipeline; the total gives the sustained sampled frames/s. Also returns the
+    Detector's counters (crops encoded, crops the gate skipped).
+    """
+    detector = Detector(backend, manifest, alarm=NO_ALARMS, gate=gate)
+    src = VideoFileSource(video)
+    samples: list[float] = []
+    try:
+        t0 = time.perf_counter()
+        while (frame := src.read()) is not None and frame.index < n_frames:
+            detector.process([("bench", frame)])
+            if frame.index % manifest.stride == manifest.stride - 1:
+                now = time.perf_counter()
+                samples.append(now - t0)
+                t0 = now
+        detector.finish("bench")
+    finally:
+        src.close()
+    note = f"{n_frames} frames, stride {manifest.stride}, decode + windows + encode + SA2 + head + events"
+    return Timing("end-to-end", name, "sampled frame", samples, note), dict(detector.stats)
+
+
+def baseline_encoder(manifest) -> Callable[[np.ndarray], None]:
+    """What a researcher's script does per sampled frame: each window resized alone, each crop encoded alone
+    with open_clip in PyTorch fp32 under no_grad (the model loaded from the bundle's ClipSpec)."""
+    import torch
+
+    from ..clip.loader import load_clip
+
+    model = load_clip(manifest.clip).model.eval()
+
+    def one(frame: np.ndarray) -> None:
+        small = windows.resize_frame(frame)
+        crops = [small, *windows.window_crops_reference(small, windows.SCALE_A)]
+        with torch.no_grad():
+            for crop in crops:
+                x = torch.from_numpy(windows.normalize(crop[None]))
+                model.encode_image(x)
+
+    return one
