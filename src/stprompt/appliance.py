@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--build-args",
         metavar="ARGS",
-        help=f'stp-build flags for the build, one string (or ${ENV_BUILD_ARGS}), e.g. --build-args="--max-batch 64"',
+        help=f'stp-build flags as one string, e.g. "--max-batch 64 --workspace-gb 2" (default: ${ENV_BUILD_ARGS})',
     )
     p.add_argument("run_args", nargs="*", metavar="STP_RUN_ARG", help="stp-run's sources and flags, passed on as given")
     return p
@@ -315,8 +316,23 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """docker stop during a build ends it like Ctrl-C (plans are written atomically: none is left half done)."""
+    raise KeyboardInterrupt
+
+
 @cli_entry(PROG)
 def main(argv: list[str] | None = None) -> int:
+    # PID 1 in a container ignores SIGTERM unless it has a handler; exec resets it to stp-run's own handling
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # reached only when no exec happened (errors, tests)
+    return 0
+
+
+def _run(argv: list[str] | None) -> None:
     parser = build_parser()
     own, run_args = split_argv(sys.argv[1:] if argv is None else argv, parser)
     args = parser.parse_args(own)
