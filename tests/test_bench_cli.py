@@ -102,3 +102,23 @@ def test_machine_stamp_is_json_ready():
     stamp = machine_stamp()
     json.dumps(stamp)
     assert stamp["cores"] >= 1 and isinstance(stamp["gpus"], list)
+
+
+def test_gpu_check_script_calls_stp_bench_with_valid_flags_and_refuses_a_machine_without_gpu(tmp_path):
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+    text = script.read_text()
+    call = re.search(r"-m stprompt\.bench\.cli (.*?)\\\n(.*?)\\\n(.*?)2>>", text, re.S)
+    argv = shlex.split(" ".join(call.groups()).replace('"$RESULTS/bench-vitb16-$GPU.json"', "out.json"))
+    args = cli.build_parser().parse_args(argv)
+    assert args.clip == "ViT-B-16:random" and "torch-cuda-fp16" in args.backends.split(",")
+    assert all(b in cli.BACKENDS for b in args.backends.split(","))
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "no NVIDIA GPU" in proc.stderr

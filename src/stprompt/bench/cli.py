@@ -173,6 +173,8 @@ def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Pat
         backend = _open(name, bundle_dir, args.providers)
         try:
             enc = stages.time_encode(backend, name, crops, **kw)
+            if getattr(backend, "gpu_preprocessing", False):  # uint8 frame in, windows cut on the device
+                timings.append(stages.time_device_windows(backend, name, frame, **kw))
             head = stages.time_head(backend, name, manifest, **fast)
             e2e, stats = stages.run_end_to_end(backend, name, manifest, video, args.frames, args.gate)
             timings += [enc, head, e2e]

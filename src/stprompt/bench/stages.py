@@ -84,6 +84,15 @@ def time_encode(backend, name: str, crops: np.ndarray, **kw) -> Timing:
                    note=f"{len(crops)} crops, one call", **kw)  # fmt: skip
 
 
+def time_device_windows(backend, name: str, frame: np.ndarray, **kw) -> Timing:
+    """What stp-run does with a GPU-preprocessing backend: the 224x224 uint8 frame goes to the device, the crops
+    are cut and normalised there and encoded (compare with `encode`, which copies 50 float32 crops)."""
+    small = windows.resize_frame(frame)
+    keep = np.ones(windows.SCALE_A.count, bool)
+    return measure(lambda: backend.encode_frames([small], [keep]), "windows+encode", name, "sampled frame",
+                   note="uint8 224x224 upload, crops cut + normalised on the device, encoded", **kw)  # fmt: skip
+
+
 def time_sa2(dim: int, k: int, **kw) -> Timing:
     rng = np.random.default_rng(0)
     prev, cur, nxt = (rng.standard_normal((49, dim)).astype(np.float32) for _ in range(3))

@@ -52,7 +52,8 @@ class CudaImageEncoder:
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
+        # no autocast weight cache: a cached cast made during capture would be freed under the graph (torch docs)
+        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32, cache_enabled=False):
             return self.model.encode_image(x).float()
 
     def _graph(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
