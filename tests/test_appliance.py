@@ -130,7 +130,9 @@ def test_no_tensorrt_falls_back_to_the_onnx_encoder(tiny_bundle, tmp_path, capsy
     engine = tiny_bundle.with_name("model.onnx")
     assert run.value.argv == [sys.executable, "-m", "stprompt.runtime.cli", "--engine", str(engine), "video.mp4",
                               "--quiet"]  # fmt: skip
-    assert stderr_lines(capsys) == [f"stp-appliance: fallback to ONNX Runtime (TensorRT is not installed): {engine}"]
+    assert stderr_lines(capsys) == [
+        f"stp-appliance: fallback to ONNX Runtime: TensorRT is not installed; stp-run gets {engine}"
+    ]
     assert not cache.exists()  # nothing to build, nothing written
 
 
@@ -296,7 +298,8 @@ def test_appliance_runs_an_onnx_bundle_without_torch(tiny_bundle, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0] == (
-        f"stp-appliance: fallback to ONNX Runtime (TensorRT is not installed): {tiny_bundle.with_name('model.onnx')}"
+        "stp-appliance: fallback to ONNX Runtime: TensorRT is not installed; "
+        f"stp-run gets {tiny_bundle.with_name('model.onnx')}"
     )
     pids = loads.read_text().split()
     assert len(pids) == 2 and pids[0] == pids[1]  # stp-run replaced stp-appliance (exec, same pid), blocked too

@@ -28,3 +28,35 @@ def test_commands_in_readme_are_console_scripts():
     named = set(re.findall(r"`(stp-[a-z]+)", text))
     assert "stp-demo" in quickstart_commands()[0]
     assert named <= set(scripts) | {"stp-tiny"}  # stp-tiny is a CLIP config, named - set(scripts)
+
+
+def test_command_reference_is_the_current_help():
+    from stprompt import clidoc
+
+    text = (ROOT / "README.md").read_text()
+    stale = clidoc.stale_commands(text)
+    assert not stale, (
+        f"README.md's command reference differs from the --help of {', '.join(stale)}; "
+        f"regenerate it: {clidoc.REGENERATE}"
+    )
+    reference = text.split("\n## Command reference\n", 1)[1]
+    assert clidoc.BEGIN in reference  # the generated section sits under its heading, near the end
+    assert re.findall(r"^### (\S+)$", clidoc.section(text), re.M) == list(clidoc.console_scripts())
+
+
+def test_command_reference_does_not_depend_on_the_terminal(monkeypatch):
+    from stprompt import clidoc
+
+    monkeypatch.setenv("COLUMNS", "40")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    narrow = clidoc.render()
+    monkeypatch.setenv("COLUMNS", "250")
+    assert clidoc.render() == narrow and "\x1b[" not in narrow
+    assert all(len(line) <= clidoc.COLUMNS for line in narrow.splitlines() if not line.startswith(("<!--", "usage:")))
+
+
+def test_every_console_script_exposes_build_parser():
+    from stprompt import clidoc
+
+    for command, target in clidoc.console_scripts().items():
+        assert clidoc.parser_for(target).format_usage(), command

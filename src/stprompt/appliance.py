@@ -47,7 +47,7 @@ from .export.manifest import FORMAT, SUFFIX, Manifest, load_manifest, write_mani
 
 PROG = "stp-appliance"
 ENV_BUNDLE, ENV_CACHE, ENV_REBUILD, ENV_BUILD_ARGS = "STP_BUNDLE", "STP_CACHE", "STP_REBUILD", "STP_BUILD_ARGS"
-NO_GPU = "no CUDA GPU is visible (docker run --gpus all on x86, --runtime nvidia on Jetson)"
+NO_GPU = "no CUDA GPU is visible to TensorRT (containers: docker run --gpus all on x86, --runtime nvidia on Jetson)"
 ACTIONS = ("build", "rebuild", "reuse", "fallback")
 
 
@@ -202,7 +202,7 @@ def prepare_engine(
     target = probe_tensorrt()
     if isinstance(target, str):
         engine = source.file("encoder")
-        message = f"{PROG}: fallback to ONNX Runtime ({target}): {engine}"
+        message = f"{PROG}: fallback to ONNX Runtime: {target}; stp-run gets {engine}"
         log(message)
         return Decision("fallback", engine, message)
 
