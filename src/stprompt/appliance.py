@@ -229,7 +229,7 @@ def prepare_engine(
 
     had_plans = any(plan is not None and plan.is_file() for plan in plans.values())
     if force:
-        action, why = "rebuild", "asked for (--rebuild)"
+        action, why = "rebuild", "asked for (--rebuild, STP_REBUILD=1 or --build-args --force)"
     elif had_plans:
         action, why = "rebuild", f"cached {', '.join(stale)} plan(s) do not match (bundle, TensorRT, GPU or settings)"
     else:
