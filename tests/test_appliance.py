@@ -214,7 +214,7 @@ def test_rebuild_on_request(tiny_bundle, tmp_path, capsys, trt, monkeypatch, no_
     with pytest.raises(Execed):
         appliance.main(["video.mp4"])
     assert len(trt.builds) == 2 and trt.builds[1]["force"] is True
-    assert stderr_lines(capsys)[0].startswith("stp-appliance: rebuild: asked for (--rebuild)")
+    assert stderr_lines(capsys)[0].startswith("stp-appliance: rebuild: asked for (--rebuild, STP_REBUILD=1")
 
 
 def test_without_a_cache_plans_go_beside_the_bundle_like_stp_build(tiny_bundle, tmp_path, trt):
