@@ -119,3 +119,23 @@ def test_stp_run_refuses_a_negative_gate(tiny_bundle, tmp_path, capsys):
     assert cli.main([str(video), "--engine", str(tiny_bundle.with_suffix(".onnx")), "--gate", "-1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--gate" in err[0]
+
+
+def test_auto_gates_live_sources_only_and_per_source_thresholds_apply():
+    from types import SimpleNamespace
+
+    from stprompt.runtime.cli import build_parser, gate_thresholds
+    from stprompt.runtime.gating import LIVE_DEFAULT
+
+    assert build_parser().parse_args(["v.mp4", "--engine", "m.onnx"]).gate == "auto"
+    assert build_parser().parse_args(["v.mp4", "--engine", "m.onnx", "--gate", "2.5"]).gate == 2.5
+    sources = [SimpleNamespace(id="file", live=False), SimpleNamespace(id="cam", live=True)]
+    assert gate_thresholds("auto", sources) == (0.0, {"file": 0.0, "cam": LIVE_DEFAULT})
+    assert gate_thresholds(3.0, sources) == (3.0, {})
+    gate = WindowGate(0.0, per_source={"cam": 1.0})
+    for sid in ("file", "cam"):
+        mask = gate.select(sid, frame224())
+        gate.merge(sid, mask, np.zeros((49, 1), np.float32))
+    assert gate.select("file", frame224()).all()  # files: every window, every time
+    assert not gate.select("cam", frame224()).any()  # the camera reuses its unchanged windows
+    assert list(gate.streams) == ["cam"]

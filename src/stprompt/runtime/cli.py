@@ -9,6 +9,7 @@ import time
 
 from ..errors import UserError, cli_entry
 from ..localize.heat import LocalizeSettings
+from .gating import LIVE_DEFAULT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-box-area", type=float, default=None, help="smallest box, fraction of the frame (bundle's)")
     p.add_argument(
         "--gate",
-        type=float,
-        default=0.0,
-        metavar="GREY",
+        type=_gate_value,
+        default="auto",
+        metavar="GREY|auto",
         help="motion gating: re-encode a scale-A window only when its pixels changed by at least this mean absolute "
-        "difference (grey levels) since it was last encoded; 0 = off (scores equal stp-eval's). See README's gating "
-        "table",
+        "difference (grey levels) since it was last encoded; 0 = off (scores equal stp-eval's); auto = "
+        f"{LIVE_DEFAULT:g} for live sources (cameras, rtsp, csi, gst), 0 for files and folders. README: gating table",
     )
     p.add_argument("--max-batch", type=int, default=256, help="most crops per encoder call (all streams together)")
     p.add_argument("--show", action="store_true", help="a live window with the annotated frames (needs a display)")
@@ -64,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-frames", type=int, default=4, help="sampled frames compared by --check")
     p.add_argument("--quiet", action="store_true", help="no status line")
     return p
+
+
+def _gate_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected grey levels (a number) or auto, got {text!r}") from None
+
+
+def gate_thresholds(gate: float | str, sources) -> tuple[float, dict[str, float]]:
+    """(default threshold, per-source thresholds) for --gate: 'auto' gates live sources only."""
+    if gate != "auto":
+        return float(gate), {}
+    return 0.0, {s.id: LIVE_DEFAULT if s.live else 0.0 for s in sources}
 
 
 def run_check(args, backend, manifest) -> int:
@@ -171,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         for sink in sinks:
             sink(snippet)
 
+    gate, gate_per_source = gate_thresholds(args.gate, sources)
     detector = Detector(
         backend, manifest, lookahead=args.lookahead, alarm=alarm, localize=loc, max_batch=args.max_batch,
-        gate=args.gate, on_snippet=on_snippet if sinks else None,
+        gate=gate, gate_per_source=gate_per_source, on_snippet=on_snippet if sinks else None,
     )  # fmt: skip
     status = Status(args.quiet)
     previous = signal.signal(signal.SIGTERM, _terminate)

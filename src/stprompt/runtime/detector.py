@@ -100,6 +100,7 @@ class Detector:
         localize: LocalizeSettings | None = None,
         max_batch: int = 256,
         gate: float = 0.0,
+        gate_per_source: dict[str, float] | None = None,
         on_snippet: Callable[[Snippet], None] | None = None,
     ):
         self.backend = backend
@@ -118,7 +119,7 @@ class Detector:
         self.queries, self.abnormal, _ = manifest.load_queries()
         self.max_batch = max(windows.crops_per_frame(), int(max_batch))
         self.on_snippet = on_snippet
-        self.gate = WindowGate(gate)
+        self.gate = WindowGate(gate, per_source=gate_per_source)
         self.streams: dict[str, StreamState] = {}
         self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0, "gated_crops": 0}
 

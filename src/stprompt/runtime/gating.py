@@ -17,7 +17,6 @@ import numpy as np
 
 from .. import windows
 from ..errors import UserError
-from ..kernels.motion import window_change
 
 
 @dataclass
@@ -27,20 +26,38 @@ class _StreamCache:
     pending: list[np.ndarray] = field(default_factory=list)  # masks selected, not merged yet
 
 
+# `stp-run --gate auto` (the default): live sources skip windows that changed by less than this many grey levels
+# (mean absolute difference); files and folders are encoded whole, so their scores equal stp-eval's. Chosen from
+# README's gating table (benchmarks/measure_gating.py): it sits above the noise + compression floor of static
+# footage (1-2 grey levels) and skipped about half of the windows there with frame AUC within 0.005 of ungated.
+LIVE_DEFAULT = 4.0
+
+
+def _checked(threshold: float) -> float:
+    if not threshold >= 0:  # also refuses NaN
+        raise UserError(f"--gate must be >= 0 grey levels, got {threshold}")
+    return float(threshold)
+
+
 class WindowGate:
     """Decide per window whether to re-encode; keep per-stream reference pixels and embeddings."""
 
-    def __init__(self, threshold: float, scale: windows.WindowScale = windows.SCALE_A):
-        if not threshold >= 0:  # also refuses NaN
-            raise UserError(f"--gate must be >= 0 grey levels, got {threshold}")
-        self.threshold = float(threshold)
+    def __init__(self, threshold: float, scale: windows.WindowScale = windows.SCALE_A,
+                 per_source: dict[str, float] | None = None):  # fmt: skip
+        self.threshold = _checked(threshold)
+        self.per_source = {sid: _checked(t) for sid, t in (per_source or {}).items()}
         self.scale = scale
         self.streams: dict[str, _StreamCache] = {}
         self.stats = {"windows": 0, "skipped": 0}
 
+    def threshold_for(self, source: str) -> float:
+        """The source's own threshold (e.g. live cameras vs files), else the default."""
+        return self.per_source.get(source, self.threshold)
+
     @property
     def enabled(self) -> bool:
-        return self.threshold > 0
+        """Whether any stream may skip windows."""
+        return self.threshold > 0 or any(t > 0 for t in self.per_source.values())
 
     def _tiles(self, image: np.ndarray) -> np.ndarray:
         """[grid, grid, size, size, 3] view of the window tiles (scale A tiles the frame without overlap)."""
@@ -51,13 +68,16 @@ class WindowGate:
         """Bool [count]: windows of this 224x224 frame to encode; updates their reference pixels."""
         count = self.scale.count
         cache = self.streams.get(source)
-        if cache is None or not self.enabled:
+        threshold = self.threshold_for(source)
+        if cache is None or threshold <= 0:
             mask = np.ones(count, bool)
-            if self.enabled:
+            if threshold > 0:
                 self.streams[source] = _StreamCache(ref=small.copy(), pending=[mask])
         else:
+            from ..kernels.motion import window_change  # Numba: imported on first use, not by `stp-run --help`
+
             change = window_change(small, cache.ref, self.scale.size, self.scale.stride)
-            mask = change >= self.threshold
+            mask = change >= threshold
             grid_mask = mask.reshape(self.scale.grid, self.scale.grid)
             self._tiles(cache.ref)[grid_mask] = self._tiles(small)[grid_mask]
             cache.pending.append(mask)
@@ -67,9 +87,9 @@ class WindowGate:
 
     def merge(self, source: str, mask: np.ndarray, encoded: np.ndarray) -> np.ndarray:
         """x_patch [count, D] from the encoded windows (rows of `encoded`, in window order) and the cache."""
-        if not self.enabled:
+        cache = self.streams.get(source)
+        if cache is None:  # this stream is not gated
             return encoded
-        cache = self.streams[source]
         expected = cache.pending.pop(0)
         if expected is not mask:
             raise RuntimeError("WindowGate.merge called out of order with select")
