@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import windows
+from .. import kernels, windows
 from ..errors import UserError
 from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
@@ -120,6 +120,7 @@ class Detector:
         self.max_batch = max(windows.crops_per_frame(), int(max_batch))
         self.on_snippet = on_snippet
         self.gate = WindowGate(gate, per_source=gate_per_source)
+        kernels.warmup()  # JIT or disk-cache load now, not on the first snippet or the first alarm
         self.streams: dict[str, StreamState] = {}
         self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0, "gated_crops": 0}
 
