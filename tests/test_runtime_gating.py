@@ -97,16 +97,15 @@ def test_gated_run_on_static_footage_skips_windows_and_keeps_scores(tiny_bundle)
     np.testing.assert_allclose(gated_scores, reference, atol=1e-5)
 
 
-def test_gated_crops_are_the_same_crops_the_full_batch_has():
+def test_gated_crops_are_the_same_crops_the_full_batch_has(tiny_bundle):
     small = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     mask = np.zeros(49, bool)
     mask[[0, 5, 48]] = True
-    from stprompt.runtime.detector import Detector
-
-    got = Detector._crops(small, mask)
+    det = open_detector(str(tiny_bundle.with_suffix(".onnx")))
     full = windows.normalize(np.concatenate([small[None], windows.window_crops(small, windows.SCALE_A)]))
-    np.testing.assert_array_equal(got, full[[0, 1, 6, 49]])
-    np.testing.assert_array_equal(Detector._crops(small, np.ones(49, bool)), full)
+    got = det._batch([small, small], [mask, np.ones(49, bool)])
+    np.testing.assert_array_equal(got, np.concatenate([full[[0, 1, 6, 49]], full]))  # bit-identical, in order
+    np.testing.assert_array_equal(det._batch([small], [mask]), full[[0, 1, 6, 49]])  # the buffer is reused
 
 
 def test_stp_run_refuses_a_negative_gate(tiny_bundle, tmp_path, capsys):

@@ -87,15 +87,20 @@ def resize_frame(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.resize(frame_bgr, (IMAGE_SIZE, IMAGE_SIZE), interpolation=_INTERP)
 
 
-def window_crops(frame224: np.ndarray, scale: WindowScale) -> np.ndarray:
-    """[count, 224, 224, 3] uint8 windows of a 224x224 frame, each resized to 224 (may be a strided view)."""
+def window_tiles(frame224: np.ndarray, scale: WindowScale) -> np.ndarray:
+    """[grid, 224, grid, 224, 3] uint8 view of the resized mosaic: window (gy, gx) is tiles[gy, :, gx] (no copy)."""
     index, pitch, offset = scale.mosaic_plan()
     mosaic = frame224[index][:, index]
     side = pitch * scale.grid
     out = cv2.resize(mosaic, (side, side), interpolation=_INTERP)
-    tiles = out.reshape(scale.grid, pitch, scale.grid, pitch, 3)[
+    return out.reshape(scale.grid, pitch, scale.grid, pitch, 3)[
         :, offset : offset + IMAGE_SIZE, :, offset : offset + IMAGE_SIZE
     ]
+
+
+def window_crops(frame224: np.ndarray, scale: WindowScale) -> np.ndarray:
+    """[count, 224, 224, 3] uint8 windows of a 224x224 frame, each resized to 224."""
+    tiles = window_tiles(frame224, scale)
     return tiles.transpose(0, 2, 1, 3, 4).reshape(scale.count, IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
@@ -120,6 +125,25 @@ def normalize(crops_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
         np.multiply(crops_bgr[..., 2 - c], _GAIN[c], out=out[:, c], dtype=np.float32)
         out[:, c] += _BIAS[c]
     return out
+
+
+def fill_encoder_batch(frame224: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None,
+                       scale: WindowScale = SCALE_A) -> int:  # fmt: skip
+    """Write one sampled frame's encoder input into `out` (a slice of a preallocated batch); return the row count.
+
+    Rows: the full frame, then the windows `mask` keeps (all by default), normalised exactly as :func:`normalize`
+    by Numba kernels that read the window tiles in place (the fast path the runtime uses).
+    """
+    from .kernels.normalize import normalize_frames, normalize_tiles
+
+    keep = np.ones(scale.count, bool) if mask is None else mask
+    rows = 1 + int(keep.sum())
+    if out.shape[0] < rows:
+        raise ValueError(f"out has {out.shape[0]} rows, the frame needs {rows}")
+    normalize_frames(frame224[None], out[:1], _GAIN, _BIAS)
+    if rows > 1:
+        normalize_tiles(window_tiles(frame224, scale), keep, out[1:rows], _GAIN, _BIAS)
+    return rows
 
 
 def crops_per_frame(scale_b: bool = False) -> int:

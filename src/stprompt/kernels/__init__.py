@@ -5,7 +5,7 @@ runtime calls. Importing this package pulls in only NumPy, Numba and OpenCV -- n
 appliance can use it without the training stack.
 """
 
-from stprompt.kernels import boxes, motion, sa2
+from stprompt.kernels import boxes, motion, normalize, sa2
 from stprompt.kernels.boxes import boxes_reference, extract_boxes
 from stprompt.kernels.motion import window_change, window_change_reference
 from stprompt.kernels.sa2 import sa2_reference, sa2_sequence, sa2_step
@@ -19,3 +19,4 @@ def warmup() -> None:
     boxes.warmup()
     sa2.warmup()
     motion.warmup()
+    normalize.warmup()

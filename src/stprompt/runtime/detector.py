@@ -120,6 +120,7 @@ class Detector:
         self.max_batch = max(windows.crops_per_frame(), int(max_batch))
         self.on_snippet = on_snippet
         self.gate = WindowGate(gate, per_source=gate_per_source)
+        self._buffer: np.ndarray | None = None  # encoder batch, grown to the largest call and reused
         kernels.warmup()  # JIT or disk-cache load now, not on the first snippet or the first alarm
         self.streams: dict[str, StreamState] = {}
         self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0, "gated_crops": 0}
@@ -134,7 +135,7 @@ class Detector:
         if getattr(self.backend, "gpu_preprocessing", False):
             embeddings = self._encode_on_device(smalls, masks)
         else:
-            embeddings = self._encode([self._crops(small, mask) for small, mask in zip(smalls, masks, strict=True)])
+            embeddings = self._encode(self._batch(smalls, masks), len(smalls))
         ready: dict[int, Sampled] = {}
         start = 0
         for (sid, f), small, mask in zip(sampled, smalls, masks, strict=True):
@@ -193,25 +194,30 @@ class Detector:
             self.streams[sid] = StreamState(head=head, next_sample=self.offset)
         return self.streams[sid]
 
-    @staticmethod
-    def _crops(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Encoder input of one sampled frame: the full frame and the scale-A windows the gate kept."""
-        crops = windows.window_crops(small, windows.SCALE_A)
-        if not mask.all():
-            crops = crops[mask]
-        return windows.normalize(np.concatenate([small[None], crops], axis=0))
+    def _batch(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        """The encoder input of these sampled frames (full frame + kept windows each), in a reused buffer.
 
-    def _encode(self, batches: list[np.ndarray]) -> np.ndarray:
-        if not batches:
+        Written in place by the normalisation kernels (no per-frame arrays, no concatenation); backends copy their
+        input, so the buffer is free again when `encode` returns.
+        """
+        total = sum(1 + int(m.sum()) for m in masks)
+        if self._buffer is None or len(self._buffer) < total:
+            self._buffer = np.empty((max(total, windows.crops_per_frame()), 3, 224, 224), np.float32)
+        start = 0
+        for small, mask in zip(smalls, masks, strict=True):
+            start += windows.fill_encoder_batch(small, self._buffer[start:], mask)
+        return self._buffer[:total]
+
+    def _encode(self, images: np.ndarray, sampled: int) -> np.ndarray:
+        if not len(images):
             return np.zeros((0, self.backend.dim), np.float32)
-        images = np.concatenate(batches, axis=0)
         outs = []
         for start in range(0, len(images), self.max_batch):
             outs.append(self.backend.encode(images[start : start + self.max_batch]))
             self.stats["encoder_calls"] += 1
         self.stats["crops"] += len(images)
-        self.stats["sampled"] += len(batches)
-        return np.concatenate(outs, axis=0)
+        self.stats["sampled"] += sampled
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     def _encode_on_device(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
         """Backends that cut windows on their device get the 224x224 uint8 frames (GPU preprocessing)."""
