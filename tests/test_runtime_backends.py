@@ -82,9 +82,10 @@ def test_ort_backend_shapes_and_name(bundle, ort_cpu, inputs):
 
 def test_ort_matches_pytorch_reference(bundle, ort_cpu, inputs):
     ref, manifest = open_backend(bundle.with_name("model.pt"))
-    assert ref.name == "torch" and manifest.path == bundle.resolve()
+    assert ref.name == "torch-cpu-fp32" and manifest.path == bundle.resolve()
     report = parity(ort_cpu, ref, *inputs)
-    assert report["a"] == ort_cpu.name and report["b"] == "torch" and report["crops"] == 5 and report["snippets"] == 9
+    assert report["a"] == ort_cpu.name and report["b"] == "torch-cpu-fp32"
+    assert report["crops"] == 5 and report["snippets"] == 9
     assert report["embeddings"]["max_rel"] < 1e-4 and report["embeddings"]["centered_cosine_min"] > 0.9999
     for key in ("score", "score_c", "probs"):
         assert report[key]["max_abs"] < 1e-4, key
@@ -122,7 +123,7 @@ def test_pytorch_checkpoint_elsewhere_with_explicit_manifest(bundle, tmp_path):
     with pytest.raises(UserError, match=r"bundle manifest .*trained\.json not found"):
         open_backend(ckpt)
     backend, manifest = open_backend(ckpt, manifest=bundle)
-    assert backend.name == "torch" and manifest.path == bundle.resolve()
+    assert backend.name == "torch-cpu-fp32" and manifest.path == bundle.resolve()
 
 
 # --- refusals ------------------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ CUDA_MISSING = 'the TensorRT backend needs cuda-python (or pycuda) for device bu
 class Backend(Protocol):
     """What the pipeline needs from an inference library: encode crops, run the head, name itself."""
 
-    name: str  # e.g. "onnxruntime[CPUExecutionProvider]", "tensorrt", "torch"
+    name: str  # e.g. "onnxruntime[CPUExecutionProvider]", "tensorrt", "torch-cpu-fp32", "torch-cuda-fp16"
     dim: int
     max_batch: int | None  # encoder calls larger than this are split inside encode(); None = unlimited
     max_window: int | None  # largest T head() takes (TensorRT profile max); None = unlimited
