@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cliformat import HelpFormatter
 from .errors import UserError, cli_entry
 from .fileio import atomic_write_json
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-demo",
         description="Run synth -> extract -> train -> eval (+ localization) on CPU and leave everything in OUT.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", default="stp-demo-out", help="output folder")
     p.add_argument("--train", type=int, default=16, help="synthetic training videos")

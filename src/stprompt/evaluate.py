@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cliformat import HelpFormatter
 from .data.annotations import NORMAL, Video
 from .data.features import FeatureStore
 from .errors import UserError, cli_entry
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-eval",
         description="Evaluate a checkpoint on the test videos of a feature folder; JSON metrics on stdout.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("features", help="feature folder written by stp-extract")
     p.add_argument("--ckpt", required=True, help="checkpoint written by stp-train")

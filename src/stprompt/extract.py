@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import windows
+from .cliformat import HelpFormatter
 from .data import annotations as ann_mod
 from .data.features import FeatureStore
 from .data.video import SampledFrames, prefetch
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-extract",
         description="Extract frozen-CLIP features (x_clip, x_patch) for every video of an annotations.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", help="dataset folder holding annotations.json (or the file itself)")
     p.add_argument("--out", required=True, help="feature folder to write (index.json + one .npz per video)")

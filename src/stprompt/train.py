@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cliformat import HelpFormatter
 from .data.annotations import NORMAL, class_phrase
 from .data.features import FeatureStore
 from .errors import UserError, cli_entry
@@ -122,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-train",
         description="Train the STPrompt head (SA2 + distance adapter + C/A branches + CoOp prompts) on features.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("features", help="feature folder written by stp-extract")
     p.add_argument("--out", required=True, help="checkpoint to write (model.pt)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training videos (the last is kept)")
     p.add_argument("--batch", type=int, default=64, help="videos per batch (half normal, half anomalous)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
@@ -141,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sa2", action="store_true", help="ablation: no motion-prior aggregation")
     p.add_argument("--no-adapter", action="store_true", help="ablation: no temporal adapter")
     p.add_argument("--branches", choices=("both", "c", "a"), default="both", help="which branch losses train")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order (runs repeat exactly)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from the epoch stored in --out")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from ..fileio import atomic_write_text
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stp-bench",
         description="FLOPs, per-stage latency (p50/p90/p99 after warm-up) and throughput per backend of the STPrompt "
         "pipeline on this machine; a table on stdout, everything with the machine stamp in --json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--engine", help="a bundle file (model.json, .onnx, .plan, .pt): measure that bundle")

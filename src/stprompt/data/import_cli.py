@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from .annotations import Annotations
 from .importers import DEFAULT_FPS, IMPORTERS, import_shanghaitech, import_ubnormal, import_ucf_crime
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stp-import",
         description="Import UCF-Crime, ShanghaiTech (weak split) or UBnormal into annotations.json. "
         "Only list and annotation files are read; videos are not decoded.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", choices=list(IMPORTERS), help="which benchmark layout ROOT holds")
     p.add_argument("root", metavar="ROOT", type=Path, help="dataset root folder")

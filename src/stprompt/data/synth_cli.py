@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from .synth import generate, is_synth_output
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a synthetic surveillance dataset: OUT/videos/*.mp4 and OUT/annotations.json, with "
         "normal videos and small, boxed anomalies (Fighting, Arson, RoadAccidents, Explosion). "
         "The same seed gives the same dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--train", type=int, default=16, help="number of training videos")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 
 
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
             "reused only when its cache key (ONNX sha256, TensorRT version, compute capability, precision, "
             "profiles) matches the manifest; otherwise it is rebuilt. Settings default to the export's."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("manifest", help="bundle manifest model.json (or its stem)")
     p.add_argument("--max-batch", type=int, default=None, help="most crops per encoder call (default: the bundle's)")

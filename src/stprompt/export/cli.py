@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from .manifest import ENGINE_SUFFIXES
 from .trt_build import (
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Every graph is gated against the PyTorch reference; a failed gate writes nothing. "
             "TensorRT engines are built on the target: stp-build model.json (or --trt here, on the target)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--ckpt", required=True, help="checkpoint model.pt written by stp-train")
     p.add_argument("--out", required=True, help="bundle stem: DIR/model writes DIR/model.json, DIR/model.onnx, ...")

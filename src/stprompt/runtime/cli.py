@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 
+from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from ..localize.heat import LocalizeSettings
 from .gating import LIVE_DEFAULT
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-run",
         description="Score every sampled frame of each SOURCE and box what is anomalous; JSON Lines events.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="video file, image folder, camera0 / 0 / /dev/video0, "
                    "rtsp://..., csi://0, gst:<pipeline>")  # fmt: skip
