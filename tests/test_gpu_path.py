@@ -50,9 +50,12 @@ def test_torch_windows_keep_the_detector_order_with_masks():
 
 def test_buckets_cover_every_batch_up_to_max():
     assert buckets(50) == [1, 2, 4, 8, 16, 32, 50]
-    assert buckets(1) == [1] and buckets(64) == [1, 2, 4, 8, 16, 32, 64]
-    for n in range(1, 51):
-        assert next(b for b in buckets(50) if b >= n) - n < max(1, n)
+    assert buckets(1) == [1] and buckets(64) == [1, 2, 4, 8, 16, 32, 50, 64]
+    assert buckets(256) == [1, 2, 4, 8, 16, 32, 50, 64, 100, 128, 150, 200, 250, 256]
+    for n in range(1, 257):
+        fit = next(b for b in buckets(256) if b >= n)
+        assert fit - n < max(1, n)  # padding never doubles a batch
+    assert all(b in buckets(256) for b in (50, 100, 150, 200, 250))  # whole sampled frames fit exactly
 
 
 def test_torch_backend_bf16_and_device_preprocessing_on_cpu(tiny_bundle):
@@ -93,7 +96,7 @@ def test_cuda_fp16_graph_encoder_matches_the_cpu_reference(tiny_bundle):
     got = gpu.encode(images)
     assert centered_cosine(got, ref).min() > 0.999
     np.testing.assert_array_equal(gpu.encode(images[:3]), got[8:11])  # a graph replays the same result
-    assert sorted(gpu._encoder._graphs) == [4, 8]
+    assert sorted(gpu._encoder._graphs) == [4, 8]  # 11 crops = 8 + 3 (padded to 4)
 
 
 @pytest.mark.gpu

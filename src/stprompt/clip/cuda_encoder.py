@@ -8,8 +8,10 @@ Why each piece:
   ``scaled_dot_product_attention`` (flash / memory-efficient kernels); nothing to patch.
 * CUDA graphs: a ViT-B/16 batch is ~150 kernel launches per layer group; replaying a captured graph removes the
   launch overhead that dominates small batches. Shapes must be fixed, so batches are padded up to a bucket
-  (1, 2, 4, ..., max_batch) and one graph is captured per bucket the first time it is needed, each into a static
-  input buffer that incoming crops are copied into (preallocated, no per-call allocation).
+  (powers of two and whole sampled frames, up to max_batch) and one graph is captured per bucket the first time it
+  is needed, each into a static input buffer that incoming crops are copied into (preallocated, no per-call
+  allocation). All graphs share one memory pool: they never run concurrently and every output is copied out right
+  after its replay, so their intermediates may overlap (an 8 GB Jetson cannot hold one pool per bucket).
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ CUDA_PRECISIONS = ("fp16", "bf16", "fp32")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def buckets(max_batch: int) -> list[int]:
-    """Batch sizes graphs are captured for: powers of two below max_batch, and max_batch itself."""
-    out, b = [], 1
+def buckets(max_batch: int, per_frame: int = 50) -> list[int]:
+    """Batch sizes graphs are captured for: powers of two, whole sampled frames (1 + 49 crops each), max_batch.
+
+    A batch runs in the smallest bucket that holds it; whole frames get an exact fit, gated frames (fewer crops)
+    and localization's 16 scale-B crops a power of two.
+    """
+    sizes = {max_batch}
+    b = 1
     while b < max_batch:
-        out.append(b)
+        sizes.add(b)
         b *= 2
-    return [*out, max_batch]
+    sizes.update(range(per_frame, max_batch, per_frame))
+    return sorted(sizes)
 
 
 class CudaImageEncoder:
@@ -50,6 +58,7 @@ class CudaImageEncoder:
         self.buckets = buckets(self.max_batch)
         self.dim = int(model.visual.output_dim)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._pool = torch.cuda.graph_pool_handle() if graphs else None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         # no autocast weight cache: a cached cast made during capture would be freed under the graph (torch docs)
@@ -66,7 +75,7 @@ class CudaImageEncoder:
                     self._forward(static_in)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
                 static_out = self._forward(static_in)
             self._graphs[bucket] = (graph, static_in, static_out)
         return self._graphs[bucket]
