@@ -39,6 +39,7 @@ def test_engine_run_writes_the_json_the_issue_names(tiny_bundle, tmp_path, capsy
         for key in ("crops_per_s", "sampled_fps", "p50_ms", "p99_ms", "pipeline_efficiency", "speedup_vs_baseline"):
             assert row[key] > 0, (name, key)
         assert row["crops_encoded"] == 2 * 50  # 32 frames at stride 16, alarms off: 2 sampled frames
+        assert 0 < row["encoder_share"] < 1  # the encoder's part of the same end-to-end run
         assert row["crops_per_s"] == pytest.approx(50 / (row["p50_ms"] / 1e3), rel=1e-9)  # one sample: mean = p50
     assert r["pipeline_efficiency"] == r["backends"]["ort-fp32"]["pipeline_efficiency"]
     stages_seen = {(t["stage"], t["backend"]) for t in r["timings"]}
