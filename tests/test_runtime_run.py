@@ -190,7 +190,10 @@ def test_sigint_leaves_valid_events_of_every_emitted_snippet(chain, tmp_path):
     events_path = tmp_path / "events.jsonl"
     cmd = [sys.executable, "-m", "stprompt.runtime.cli", str(video), "--engine", str(chain["stem"]) + ".onnx",
            "--events", str(events_path), "--lookahead", "0", "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (`.ci/run &`) starts children with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal's Ctrl-C finds it
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and (not events_path.exists() or events_path.stat().st_size < 2000):
         time.sleep(0.2)

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         type=Path,
         default=None,
-        help="output file; None means ROOT/annotations.json (elsewhere, video paths are written "
+        help="output file (default: ROOT/annotations.json; elsewhere, video paths are written "
         "relative to its folder)",
     )
     p.add_argument(
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         type=float,
         default=None,
-        help="frame rate; None means the dataset's own ("
+        help="frame rate (default: the dataset's own, "
         + ", ".join(f"{k} {v:g}" for k, v in sorted(DEFAULT_FPS.items()))
         + ")",
     )
