@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stprompt.bench.stages import NO_ALARMS
 from stprompt.data.annotations import load
 from stprompt.metrics import frame_auc, snippet_to_frames
 from stprompt.runtime.backends import open_backend
-from stprompt.runtime.detector import AlarmSettings, Detector
+from stprompt.runtime.detector import Detector
 from stprompt.runtime.sources import VideoFileSource
-
-NO_ALARMS = AlarmSettings(on=1.0, off=1.0, min_snippets=10**9)
 
 
 def run_video(backend, manifest, path: Path, gate: float) -> tuple[np.ndarray, float, dict]:

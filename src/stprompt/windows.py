@@ -10,7 +10,9 @@ then BGR -> RGB, /255 and CLIP mean/std. Scale A (32/32) gives a 7x7 grid, scale
 Vectorisation: instead of one cv2.resize per window, the windows of a scale are laid out as a mosaic in
 which every tile carries a replicated border (OpenCV's own border rule) and starts at a pixel that maps
 to a whole output pixel; one cv2.resize of the mosaic then yields every window bit-identical to resizing
-it alone (tested against the per-window reference).
+it alone (tested against the per-window reference). The encoder batch is then written in place by Numba
+kernels (`stprompt.kernels.normalize`) that read the tiles straight out of the resized mosaic;
+:func:`normalize` is the NumPy definition they match bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import cv2
 import numpy as np
 
 from .clip.constants import IMAGE_SIZE, MEAN_RGB, STD_RGB
+from .kernels.normalize import normalize_frames, normalize_tiles
 
 RESAMPLER = "cv2.INTER_CUBIC"
 _INTERP = cv2.INTER_CUBIC
@@ -127,41 +130,44 @@ def normalize(crops_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
     return out
 
 
+def fill_windows(frame224: np.ndarray, scale: WindowScale, out: np.ndarray, mask: np.ndarray | None = None) -> int:
+    """Write the windows of `scale` that `mask` keeps (all by default) into `out`, normalised; return the count.
+
+    Numba kernels read the tiles straight out of the resized mosaic and write the normalised planes in place:
+    bit-identical to :func:`normalize` of :func:`window_crops`, without the intermediate crop arrays.
+    """
+    keep = np.ones(scale.count, bool) if mask is None else mask
+    rows = int(keep.sum())
+    if out.shape[0] < rows:
+        raise ValueError(f"out has {out.shape[0]} rows, the windows need {rows}")
+    if rows:
+        normalize_tiles(window_tiles(frame224, scale), keep, out[:rows], _GAIN, _BIAS)
+    return rows
+
+
 def fill_encoder_batch(frame224: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None,
                        scale: WindowScale = SCALE_A) -> int:  # fmt: skip
-    """Write one sampled frame's encoder input into `out` (a slice of a preallocated batch); return the row count.
-
-    Rows: the full frame, then the windows `mask` keeps (all by default), normalised exactly as :func:`normalize`
-    by Numba kernels that read the window tiles in place (the fast path the runtime uses).
-    """
-    from .kernels.normalize import normalize_frames, normalize_tiles
-
-    keep = np.ones(scale.count, bool) if mask is None else mask
-    rows = 1 + int(keep.sum())
-    if out.shape[0] < rows:
-        raise ValueError(f"out has {out.shape[0]} rows, the frame needs {rows}")
+    """One sampled frame's encoder input written into `out` (a slice of a preallocated batch): the full frame,
+    then the windows `mask` keeps; returns the row count."""
+    if out.shape[0] < 1:
+        raise ValueError("out has no row for the full frame")
     normalize_frames(frame224[None], out[:1], _GAIN, _BIAS)
-    if rows > 1:
-        normalize_tiles(window_tiles(frame224, scale), keep, out[1:rows], _GAIN, _BIAS)
-    return rows
+    return 1 + fill_windows(frame224, scale, out[1:], mask)
 
 
 def crops_per_frame(scale_b: bool = False) -> int:
     return 1 + SCALE_A.count + (SCALE_B.count if scale_b else 0)
 
 
-def frame_crops(frame_bgr: np.ndarray, scale_b: bool = False) -> np.ndarray:
-    """The uint8 crops of one sampled frame in encoder order: full frame, scale-A windows, (scale-B)."""
-    small = resize_frame(frame_bgr)
-    parts = [small[None], window_crops(small, SCALE_A)]
-    if scale_b:
-        parts.append(window_crops(small, SCALE_B))
-    return np.concatenate(parts, axis=0)
-
-
 def encoder_batch(frame_bgr: np.ndarray, scale_b: bool = False, out: np.ndarray | None = None) -> np.ndarray:
-    """[1 + 49 (+16), 3, 224, 224] float32 encoder input for one sampled frame."""
-    return normalize(frame_crops(frame_bgr, scale_b), out=out)
+    """[1 + 49 (+16), 3, 224, 224] float32 encoder input for one sampled frame: full frame, scale-A (, scale-B)."""
+    small = resize_frame(frame_bgr)
+    if out is None:
+        out = np.empty((crops_per_frame(scale_b), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    rows = fill_encoder_batch(small, out)
+    if scale_b:
+        fill_windows(small, SCALE_B, out[rows:])
+    return out
 
 
 def snippet_frame_indices(n_frames: int, stride: int) -> np.ndarray:

@@ -6,6 +6,7 @@ number in this field (DEPLOY-NOTES.md). Nothing here imports torch unless it is 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
@@ -20,13 +21,10 @@ _PACKAGES = ("stprompt", "numpy", "opencv-python-headless", "numba", "onnxruntim
 
 def cpu_model() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo, else platform.processor())."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

@@ -103,6 +103,4 @@ class CudaImageEncoder:
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-        if x.device.type == "cpu" and self.device.type == "cuda":
-            x = x.pin_memory()
         return self.encode_tensor(x).cpu().numpy()

@@ -347,7 +347,7 @@ class TorchBackend:
         frames = torch.from_numpy(np.stack(smalls))
         keep = torch.from_numpy(np.stack(masks))
         if self.device == "cuda":
-            frames, keep = frames.pin_memory().to("cuda", non_blocking=True), keep.to("cuda")
+            frames, keep = frames.to("cuda"), keep.to("cuda")
         with torch.inference_mode():
             batch = torch_windows.encoder_batch(frames, keep)
             if self.device == "cuda":

@@ -208,23 +208,22 @@ class Detector:
             start += windows.fill_encoder_batch(small, self._buffer[start:], mask)
         return self._buffer[:total]
 
+    def _count(self, crops: int, sampled: int = 0) -> None:
+        """Encoder work for the status line and stp-bench: crops, calls (of at most max_batch), sampled frames."""
+        self.stats["crops"] += crops
+        self.stats["encoder_calls"] += -(-crops // self.max_batch)
+        self.stats["sampled"] += sampled
+
     def _encode(self, images: np.ndarray, sampled: int) -> np.ndarray:
+        self._count(len(images), sampled)
         if not len(images):
             return np.zeros((0, self.backend.dim), np.float32)
-        outs = []
-        for start in range(0, len(images), self.max_batch):
-            outs.append(self.backend.encode(images[start : start + self.max_batch]))
-            self.stats["encoder_calls"] += 1
-        self.stats["crops"] += len(images)
-        self.stats["sampled"] += sampled
+        outs = [self.backend.encode(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     def _encode_on_device(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
         """Backends that cut windows on their device get the 224x224 uint8 frames (GPU preprocessing)."""
-        crops = sum(1 + int(m.sum()) for m in masks)
-        self.stats["encoder_calls"] += -(-crops // self.max_batch) if crops else 0
-        self.stats["crops"] += crops
-        self.stats["sampled"] += len(smalls)
+        self._count(sum(1 + int(m.sum()) for m in masks), len(smalls))
         return self.backend.encode_frames(smalls, masks)
 
     def _complete(self, sid: str, state: StreamState, force: bool = False) -> list[dict[str, Any]]:
@@ -290,7 +289,8 @@ class Detector:
 
     def _locate(self, s: Sampled) -> tuple[np.ndarray, np.ndarray]:
         """Scale-B windows of the snippet's frame, the fused heat map and its boxes (source pixels)."""
-        crops_b = windows.normalize(windows.window_crops(s.small, windows.SCALE_B))
+        crops_b = np.empty((windows.SCALE_B.count, 3, 224, 224), np.float32)
+        windows.fill_windows(s.small, windows.SCALE_B, crops_b)
         x_patch_b = self._encode_extra(crops_b)
         h, w = s.image.shape[:2]
         g_a, g_b = windows.SCALE_A.grid, windows.SCALE_B.grid
@@ -302,6 +302,5 @@ class Detector:
         return heat, extract_boxes(heat, self.localize.heat_threshold, min_area)
 
     def _encode_extra(self, crops: np.ndarray) -> np.ndarray:
-        self.stats["encoder_calls"] += 1
-        self.stats["crops"] += len(crops)
+        self._count(len(crops))
         return self.backend.encode(crops)

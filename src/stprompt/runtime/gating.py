@@ -54,11 +54,6 @@ class WindowGate:
         """The source's own threshold (e.g. live cameras vs files), else the default."""
         return self.per_source.get(source, self.threshold)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether any stream may skip windows."""
-        return self.threshold > 0 or any(t > 0 for t in self.per_source.values())
-
     def _tiles(self, image: np.ndarray) -> np.ndarray:
         """[grid, grid, size, size, 3] view of the window tiles (scale A tiles the frame without overlap)."""
         g, s = self.scale.grid, self.scale.size
@@ -101,8 +96,3 @@ class WindowGate:
     def drop(self, source: str) -> None:
         """Forget a finished stream."""
         self.streams.pop(source, None)
-
-    @property
-    def skipped_fraction(self) -> float:
-        """Fraction of scale-A windows that reused an embedding (full-frame crops not counted)."""
-        return self.stats["skipped"] / max(1, self.stats["windows"])
