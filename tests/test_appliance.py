@@ -2,7 +2,7 @@
 user's stp-run arguments passed on unchanged, and an .onnx bundle served without torch.
 
 TensorRT is faked: the probe is monkeypatched to name a TensorRT version and GPU, and the real
-`trt_build.build_bundle_engines` (wrapped to count calls) drives the stand-in tensorrt module of test_export.
+`engines.tensorrt.build_bundle_engines` (wrapped to count calls) drives the stand-in tensorrt module of test_export.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from conftest import write_video
 from test_export import HAS_TRT, fake_tensorrt
 
 from stprompt import appliance
+from stprompt.bundle import engine_keys
+from stprompt.bundle.hashing import sha256_file
+from stprompt.bundle.manifest import load_manifest
+from stprompt.engines import tensorrt as trt_build
 from stprompt.errors import UserError
-from stprompt.export import trt_build
-from stprompt.export.manifest import load_manifest, sha256_file
 
 
 class Execed(Exception):
@@ -157,8 +159,8 @@ def test_first_start_builds_into_the_cache_and_leaves_the_bundle_alone(tiny_bund
     for entry in source.raw["files"].values():
         assert os.readlink(cache / entry["path"]) == str(tiny_bundle.parent / entry["path"])
     for role in ("encoder", "head", "head_features"):
-        key = trt_build.expected_key(staged, role, "10.3.0", "8.7")
-        assert staged.engines[role]["key"] == key and trt_build.plan_is_current(staged, role, key)
+        key = engine_keys.expected_key(staged, role, "10.3.0", "8.7")
+        assert staged.engines[role]["key"] == key and engine_keys.plan_is_current(staged, role, key)
     assert (cache / "model.timing-trt10.3.0-sm87.cache").is_file()
 
 
@@ -197,9 +199,10 @@ def test_stale_key_rebuilds(tiny_bundle, tmp_path, capsys, trt, change):
     assert stderr_lines(capsys)[0].startswith("stp-appliance: rebuild: cached ")
     staged = load_manifest(cache / "model.json")
     version = "10.7.0" if change == "tensorrt" else "10.3.0"
-    settings = trt_build.BuildSettings.from_manifest(staged, max_batch=64 if change == "settings" else None)
+    settings = engine_keys.BuildSettings.from_manifest(staged, max_batch=64 if change == "settings" else None)
     for role in ("encoder", "head", "head_features"):
-        assert trt_build.plan_is_current(staged, role, trt_build.expected_key(staged, role, version, "8.7", settings))
+        key = engine_keys.expected_key(staged, role, version, "8.7", settings)
+        assert engine_keys.plan_is_current(staged, role, key)
     again = appliance.prepare_engine(tiny_bundle, cache, build_args=build_args)
     assert again.action == "reuse" and len(trt.builds) == 2  # the rebuilt plans are reused from then on
 

@@ -10,7 +10,7 @@ from stprompt.bench import cli, stages
 from stprompt.bench.flops import encoder_flops
 from stprompt.bench.machine import machine_stamp
 from stprompt.bench.timing import Timing, measure
-from stprompt.export.manifest import load_manifest
+from stprompt.bundle.manifest import load_manifest
 
 FAST = ["--repeats", "1", "--warmup", "0", "--frames", "32", "--size", "160x120", "--quiet"]
 

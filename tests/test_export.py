@@ -16,10 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from stprompt.errors import UserError
-from stprompt.export import build_cli, cli
-from stprompt.export.manifest import FORMAT, load_manifest
-from stprompt.export.trt_build import (
+from stprompt.bundle.engine_keys import (
     BuildSettings,
     InputProfile,
     default_max_window,
@@ -29,8 +26,12 @@ from stprompt.export.trt_build import (
     expected_key,
     head_profiles,
     plan_is_current,
-    trtexec_command,
 )
+from stprompt.bundle.manifest import FORMAT, load_manifest
+from stprompt.engines import build_cli
+from stprompt.engines.tensorrt import trtexec_command
+from stprompt.errors import UserError
+from stprompt.export import cli
 from stprompt.export.trt_ops import check_graph
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -55,7 +56,7 @@ def bundle_copy(bundle, tmp_path) -> Path:
 
 
 def ort(path: Path):
-    from stprompt.export.gates import ort_session
+    from stprompt.bundle.ort import ort_session
 
     return ort_session(path)
 
@@ -86,7 +87,7 @@ def assert_head_close(onnx_out: dict, ref: dict) -> None:
 
 @pytest.mark.parametrize("t", [2, 17, 256, 1000])
 def test_head_onnx_matches_pytorch_at_any_length(bundle, tiny_ckpt, t):
-    from stprompt.export.gates import run_head
+    from stprompt.bundle.ort import run_head
 
     rng = np.random.default_rng(t)
     d = load_manifest(bundle).dim
@@ -101,7 +102,7 @@ def test_head_onnx_matches_pytorch_at_any_length(bundle, tiny_ckpt, t):
 def test_head_onnx_with_tied_motion_keeps_lowest_window_indices(bundle, tiny_ckpt, t):
     """T = 1 (and a static scene) ties every window's motion at 0: both the graph (ONNX TopK) and the PyTorch
     head (stable sort) keep windows 0..11, so the scores agree exactly where ties decide."""
-    from stprompt.export.gates import run_head
+    from stprompt.bundle.ort import run_head
 
     rng = np.random.default_rng(t)
     d = load_manifest(bundle).dim
@@ -112,7 +113,7 @@ def test_head_onnx_with_tied_motion_keeps_lowest_window_indices(bundle, tiny_ckp
 
 
 def test_head_onnx_of_an_ablation_config_matches_pytorch(tmp_path):
-    from stprompt.export.gates import run_head
+    from stprompt.bundle.ort import run_head
     from stprompt.export.onnx_graphs import export_head
     from stprompt.model.config import HeadConfig
     from stprompt.model.head import STPromptHead
@@ -132,7 +133,7 @@ def test_head_onnx_of_an_ablation_config_matches_pytorch(tmp_path):
 
 
 def test_encoder_onnx_matches_pytorch_with_dynamic_batch(bundle, tiny_clip):
-    from stprompt.export.gates import run_encoder
+    from stprompt.bundle.ort import run_encoder
     from stprompt.export.probe import probe_batch
 
     images = probe_batch(1)
@@ -160,7 +161,8 @@ def test_manifest_round_trip(bundle, tiny_ckpt, tiny_clip):
     assert raw["windows"]["B"] == {"size": 80, "stride": 48, "grid": 4}
     assert raw["windows"]["crops_per_frame"] == 50 and raw["windows"]["order"] == "row-major"
     assert m.head["radius"] == 20 and m.head["exact_lookahead"] == 41 and m.head["n_classes"] == 3
-    assert m.thresholds == {"alarm": 0.5, "heat": 0.5, "min_box_area": 0.001, "tau_loc": 0.01, "fusion_lambda": 0.5}
+    thresholds = {"alarm": 0.5, "heat": 0.5, "min_box_area": 0.001, "tau_loc": 0.01, "fusion_lambda": 0.5}
+    assert m.thresholds.to_dict() == thresholds
     assert set(raw["files"]) == {"encoder", "head", "head_features", "queries", "encoder_fp16", "encoder_int8"}
     assert m.file("head").name == "model.head.onnx" and m.file("encoder_fp16").name == "model.fp16.onnx"
     assert m.file("head_features").name == "model.head_as.onnx" and raw["gates"]["head_features_fp32"]["passed"]
@@ -181,8 +183,10 @@ def test_manifest_round_trip(bundle, tiny_ckpt, tiny_clip):
 def test_manifest_reader_and_trt_module_import_without_torch(bundle):
     code = (
         "import sys\n"
-        "from stprompt.export.manifest import load_manifest\n"
-        "from stprompt.export import trt_build, trt_ops, gates\n"
+        "from stprompt.bundle.manifest import load_manifest\n"
+        "from stprompt.bundle import engine_keys, ort, compare, membership, preprocess\n"
+        "from stprompt.engines import tensorrt, build_cli\n"
+        "from stprompt.export import trt_ops, gates\n"
         f"m = load_manifest({str(bundle)!r})\n"
         "m.load_queries()\n"
         "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch imported'\n"
@@ -347,7 +351,7 @@ def test_build_settings_and_plan_cache_check(bundle_copy):
     assert key != expected_key(m, "encoder", "10.3.0", "8.9") != expected_key(m, "head", "10.3.0", "8.7")
     plan = bundle_copy.with_name("model.plan")
     plan.write_bytes(b"not really a plan")
-    from stprompt.export.manifest import sha256_file
+    from stprompt.bundle.hashing import sha256_file
 
     doc = dict(m.raw, engines={"encoder": {"path": plan.name, "key": key, "sha256": sha256_file(plan)}})
     bundle_copy.write_text(json.dumps(doc))
@@ -471,7 +475,7 @@ def fake_tensorrt(version: str = "10.3.0"):
 
 
 def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, monkeypatch, capsys):
-    from stprompt.export import trt_build
+    from stprompt.engines import tensorrt as trt_build
 
     monkeypatch.setattr(trt_build, "gpu_compute_capability", lambda device=0: "8.7")
     trt = fake_tensorrt("10.3.0")
@@ -554,8 +558,8 @@ def test_help_lists_defaults(module, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("STP_SLOW") != "1", reason="ViT-B-16 export takes minutes; set STP_SLOW=1")
 def test_vit_b16_random_weights_export_matches_pytorch(tmp_path):
+    from stprompt.bundle.ort import run_encoder, run_head
     from stprompt.clip.loader import load_clip
-    from stprompt.export.gates import run_encoder, run_head
     from stprompt.export.probe import probe_batch
 
     clip = load_clip("ViT-B-16:random:0")
@@ -580,8 +584,8 @@ def test_vit_b16_random_weights_export_matches_pytorch(tmp_path):
 def test_tensorrt_engines_build_cache_and_match(bundle_copy):
     import tensorrt as trt
 
+    from stprompt.engines.tensorrt import build_bundle_engines, gpu_compute_capability
     from stprompt.export.probe import probe_batch
-    from stprompt.export.trt_build import build_bundle_engines, gpu_compute_capability
 
     m = build_bundle_engines(bundle_copy, log=lambda _m: None, max_batch=64, max_window=64)
     assert set(m.engines) == {"encoder", "head", "head_features"}
@@ -604,7 +608,8 @@ def test_tensorrt_engines_build_cache_and_match(bundle_copy):
     stream = torch.cuda.current_stream()
     assert ctx.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
-    from stprompt.export.gates import centered_cosine, run_encoder
+    from stprompt.bundle.compare import centered_cosine
+    from stprompt.bundle.ort import run_encoder
 
     ref = run_encoder(ort(m.file("encoder")), images.cpu().numpy())
     assert centered_cosine(out.cpu().numpy(), ref).min() >= 0.999

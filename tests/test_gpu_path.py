@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from stprompt import windows
+from stprompt.bundle.compare import centered_cosine
+from stprompt.bundle.preprocess import DEFAULT
 from stprompt.clip import torch_windows
 from stprompt.clip.cuda_encoder import buckets
 from stprompt.errors import UserError
-from stprompt.export.gates import centered_cosine
 from stprompt.runtime.backends import open_backend
 
 
@@ -31,7 +32,7 @@ def test_torch_windows_are_within_one_grey_level_of_the_cpu_definition(scale):
         [windows.normalize(np.concatenate([s[None], windows.window_crops(s, scale)])) for s in smalls]
     )
     assert got.shape == expected.shape == (2 * (1 + scale.count), 3, 224, 224)
-    grey = np.abs(got - expected) / (windows._GAIN.max())  # back to grey levels
+    grey = np.abs(got - expected) / (DEFAULT.gain.max())  # back to grey levels
     assert grey.max() <= 1.0 + 1e-3
     assert (grey > 0.5).mean() < 1e-3  # a few pixels in ten thousand round differently
     np.testing.assert_array_equal(got[0], expected[0])  # the full frame is not resampled: exact

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from stprompt import windows
+from stprompt.bundle.preprocess import DEFAULT
 from stprompt.kernels.normalize import normalize_frames, normalize_tiles
 
 
@@ -26,13 +27,13 @@ def test_normalize_frames_takes_strided_input():
     big = rng.integers(0, 256, (2, 10, 12, 3), dtype=np.uint8)
     view = big[:, ::2, 1::2]  # non-contiguous
     out = np.empty((2, 3, 5, 6), np.float32)
-    normalize_frames(view, out, windows._GAIN, windows._BIAS)
+    normalize_frames(view, out, DEFAULT.gain, DEFAULT.bias)
     expected = windows.normalize(np.ascontiguousarray(view), out=np.empty((2, 3, 5, 6), np.float32))
     np.testing.assert_array_equal(out, expected)
 
 
 def test_shape_mistakes_are_refused():
-    gain, bias = windows._GAIN, windows._BIAS
+    gain, bias = DEFAULT.gain, DEFAULT.bias
     with pytest.raises(ValueError):
         normalize_frames(np.zeros((1, 4, 4, 3), np.uint8), np.empty((1, 3, 4, 5), np.float32), gain, bias)
     tiles = np.zeros((2, 3, 2, 3, 3), np.uint8)

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stprompt.bundle.hashing import sha256_file
+from stprompt.bundle.manifest import load_manifest, write_manifest
 from stprompt.errors import UserError
-from stprompt.export.manifest import load_manifest, sha256_file, write_manifest
 from stprompt.runtime.backends import Backend, bundle_manifest_for, open_backend, parity
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -203,7 +204,8 @@ NO_TORCH = textwrap.dedent(
     import numpy as np
     import stprompt.runtime, stprompt.runtime.backends, stprompt.runtime.sources
     from stprompt.errors import UserError
-    from stprompt.export.manifest import sha256_file, write_manifest
+    from stprompt.bundle.hashing import sha256_file
+    from stprompt.bundle.manifest import write_manifest
     from stprompt.runtime.backends import open_backend
 
     def error(engine):
@@ -254,7 +256,7 @@ def test_runtime_runs_without_torch_and_names_missing_extras(bundle_copy):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed")
 def test_tensorrt_backend_matches_onnx_runtime(bundle_copy, inputs):
-    from stprompt.export.trt_build import build_bundle_engines
+    from stprompt.engines.tensorrt import build_bundle_engines
 
     build_bundle_engines(bundle_copy, log=lambda _: None, max_batch=4, opt_batch=2, max_window=32, opt_window=9)
     trt_backend, manifest = open_backend(bundle_copy.with_name("model.plan"))
@@ -322,7 +324,7 @@ def _fake_tensorrt(cudart: _FakeCudart):
     """A `tensorrt` module whose plans are JSON {"onnx": graph, "max": {input: shape}} run by ONNX Runtime."""
     import types
 
-    from stprompt.export.gates import ort_session
+    from stprompt.bundle.ort import ort_session
 
     class Context:
         def __init__(self, engine):
@@ -395,7 +397,7 @@ def test_tensorrt_backend_plumbing_with_fake_tensorrt(bundle_copy, inputs, ort_c
     """Buffers at profile max, named-tensor I/O, batch splitting, window limit, cache-key refusal, freeing."""
     import types
 
-    from stprompt.export.trt_build import expected_key
+    from stprompt.bundle.engine_keys import expected_key
 
     cudart = _FakeCudart()
     bindings = types.ModuleType("cuda.bindings")

@@ -172,7 +172,7 @@ def test_bad_inputs_end_in_one_line(case, needle, chain, tiny_dataset, tmp_path,
         else:
             (copy / "model.onnx").write_bytes(b"not onnx")
             doc = json.loads((copy / "model.json").read_text())
-            from stprompt.export.manifest import sha256_file
+            from stprompt.bundle.hashing import sha256_file
 
             doc["files"]["encoder"]["sha256"] = sha256_file(copy / "model.onnx")
             doc["files"]["encoder"]["bytes"] = 8

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from stprompt import windows
-from stprompt.clip.constants import MEAN_RGB, STD_RGB
+from stprompt.bundle.preprocess import OPENAI_MEAN as MEAN_RGB
+from stprompt.bundle.preprocess import OPENAI_STD as STD_RGB
+from stprompt.sampling import snippet_frame_indices
 
 
 @pytest.mark.parametrize("scale", [windows.SCALE_A, windows.SCALE_B, windows.WindowScale(56, 56)])
@@ -53,6 +55,6 @@ def test_encoder_batch_order_full_frame_then_windows():
 
 
 def test_snippet_indices_drop_the_tail():
-    assert windows.snippet_frame_indices(50, 16).tolist() == [8, 24, 40]
-    assert windows.snippet_frame_indices(15, 16).tolist() == []
-    assert windows.snippet_frame_indices(8, 4).tolist() == [2, 6]
+    assert snippet_frame_indices(50, 16).tolist() == [8, 24, 40]
+    assert snippet_frame_indices(15, 16).tolist() == []
+    assert snippet_frame_indices(8, 4).tolist() == [2, 6]

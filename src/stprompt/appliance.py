@@ -9,8 +9,9 @@ On every start it decides, and says on one stderr line, one of:
 - `fallback` TensorRT is not importable or no GPU is visible: `stp-run` gets the bundle's ONNX encoder and
              runs it with ONNX Runtime.
 
-The cache keys and the builder are `stprompt.export.trt_build`'s (`expected_key`, `plan_is_current`,
-`build_bundle_engines`), so a plan the appliance reuses is exactly one `stp-build` would reuse.
+The cache keys are the bundle room's (`stprompt.bundle.engine_keys`: `expected_key`, `plan_is_current`) and the
+builder is `stp-build`'s (`stprompt.engines.tensorrt.build_bundle_engines`), so a plan the appliance reuses is
+exactly one `stp-build` would reuse.
 
 **Where plans go.** The bundle volume may be read-only and must never be modified by the device, so with a
 cache folder (`--cache`, STP_CACHE) the appliance stages a working copy of the bundle there: a symlink per
@@ -41,9 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
-from .errors import UserError, cli_entry
-from .export import trt_build
-from .export.manifest import FORMAT, SUFFIX, Manifest, load_manifest, write_manifest
+from .bundle import engine_keys
+from .bundle.manifest import FORMAT, SUFFIX, Manifest, load_manifest, write_manifest
+from .engines import tensorrt as trt_build
+from .errors import UserError, cli_entry, first_line
 
 PROG = "stp-appliance"
 ENV_BUNDLE, ENV_CACHE, ENV_REBUILD, ENV_BUILD_ARGS = "STP_BUNDLE", "STP_CACHE", "STP_REBUILD", "STP_BUILD_ARGS"
@@ -80,17 +82,12 @@ def probe_tensorrt() -> TrtTarget | str:
     except UserError as err:
         return str(err)
     except Exception as err:  # noqa: BLE001 - a broken install (missing libnvinfer, driver) means: fall back
-        return f"TensorRT does not load ({_first_line(err)})"
+        return f"TensorRT does not load ({first_line(err)})"
     try:
         cc = trt_build.gpu_compute_capability()
     except Exception:  # noqa: BLE001 - UserError from the probe, or a CUDA library error: no usable GPU
         return NO_GPU
     return TrtTarget(str(trt.__version__), cc)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def find_manifest(bundle: str | os.PathLike) -> Path:
@@ -172,7 +169,7 @@ def _previous_engines(work: Path) -> dict[str, Any]:
 
 def _build_options(build_args: Sequence[str], manifest: Path) -> tuple[bool, bool, dict[str, Any]]:
     """(force, quiet, overrides) from stp-build flags, parsed by stp-build's own parser."""
-    from .export import build_cli
+    from .engines import build_cli
 
     parser = build_cli.build_parser()
     parser.prog = f"{PROG} --build-args"
@@ -213,12 +210,11 @@ def prepare_engine(
     else:
         work_file = stage_bundle(source, Path(cache))
     work = load_manifest(work_file, verify=False)  # the files behind it were verified above
-    settings = trt_build.BuildSettings.from_manifest(work, **overrides)
-    roles = [role for role, _precision, _profiles in trt_build.engine_jobs(work, settings)]
-    keys = {
-        role: trt_build.expected_key(work, role, target.version, target.compute_capability, settings) for role in roles
-    }
-    stale = [role for role in roles if not trt_build.plan_is_current(work, role, keys[role])]
+    settings = engine_keys.BuildSettings.from_manifest(work, **overrides)
+    roles = [job.role for job in engine_keys.engine_jobs(work, settings)]
+    cc = target.compute_capability
+    keys = {role: engine_keys.expected_key(work, role, target.version, cc, settings) for role in roles}
+    stale = [role for role in roles if not engine_keys.plan_is_current(work, role, keys[role])]
     where = f"TensorRT {target.version}, GPU sm {target.compute_capability}"
     plans = {role: work.engine(role) for role in roles}
     if not stale and not force:

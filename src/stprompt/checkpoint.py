@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .fileio import atomic_write_bytes
 from .model.config import HeadConfig
 from .model.head import STPromptHead
@@ -75,8 +75,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         d = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{p} is not a loadable stprompt checkpoint: {first}") from None
+        raise UserError(f"{p} is not a loadable stprompt checkpoint: {first_line(err)}") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise UserError(f"{p} is not an stprompt checkpoint (format {d.get('format') if isinstance(d, dict) else '?'})")
     return Checkpoint(

@@ -15,6 +15,12 @@ class UserError(Exception):
     """A problem with the user's input (file, flag, data) rather than a bug in stprompt."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (libraries raise pages), or its type name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def cli_entry(prog: str) -> Callable[[F], F]:
     """Wrap a console-script main so user errors print one clear line instead of a traceback.
 

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from . import windows
+from .bundle.preprocess import DEFAULT, Preprocess
 from .cliformat import HelpFormatter
 from .data import annotations as ann_mod
 from .data.features import FeatureStore
 from .data.video import SampledFrames, prefetch
 from .errors import UserError, cli_entry
+from .sampling import snippet_frame_indices
 
 DEFAULT_CLIP = "stp-tiny"
 
@@ -34,11 +36,12 @@ class VideoFeatures:
     size: tuple[int, int]  # (width, height) of the source frames
 
 
-def extract_video(path: Path, encode, stride: int, scale_b: bool, batch: int) -> VideoFeatures:
-    """Decode `path` once and encode every sampled frame's crops in batches of about `batch` crops."""
-    per_frame = windows.crops_per_frame(scale_b)
+def extract_video(path: Path, encode, stride: int, scale_b: bool, batch: int,
+                  pre: Preprocess = DEFAULT) -> VideoFeatures:  # fmt: skip
+    """Decode `path` once and encode every sampled frame's crops (made as `pre` says) in batches of about `batch`."""
+    per_frame = windows.crops_per_frame(scale_b, pre)
     frames = SampledFrames(path, stride)
-    prepared = prefetch(frames, lambda item: (item[0], windows.encoder_batch(item[1], scale_b)))
+    prepared = prefetch(frames, lambda item: (item[0], windows.encoder_batch(item[1], scale_b, pre=pre)))
     indices: list[int] = []
     pending: list[np.ndarray] = []
     outputs: list[np.ndarray] = []
@@ -68,7 +71,7 @@ def extract_video(path: Path, encode, stride: int, scale_b: bool, batch: int) ->
     if scale_b:
         g = windows.SCALE_B.grid
         arrays["x_patch_b"] = np.ascontiguousarray(emb[:, 1 + n_a :]).reshape(t, g, g, d)
-    expected = windows.snippet_frame_indices(frames.n_frames, stride)
+    expected = snippet_frame_indices(frames.n_frames, stride)
     if not np.array_equal(arrays["frames"], expected):
         raise UserError(f"{path}: decoder skipped frames (got {len(indices)} sampled frames, expected {t})")
     return VideoFeatures(arrays=arrays, n_frames=frames.n_frames, n_crops=t * per_frame, size=frames.size)
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if clip.spec.source == "random" and not args.quiet:
         print(f"stp-extract: note: {clip.spec} has random weights (tests, demo, benchmarks)", file=sys.stderr)
     encoder = ImageEncoder(clip.model, precision=args.precision, batch=args.batch)
+    pre = clip.preprocess  # the model's own mean / std
     store = FeatureStore.create(
         args.out,
         clip=str(clip.spec),
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         classes=dataset.classes,
         fps=dataset.fps,
         dataset=str(dataset.root.resolve()) if dataset.root else None,
+        preprocess=pre.manifest_sections(),
     )
     todo = [v for v in videos if not store.has(v.id)]
     failed: list[str] = []
@@ -137,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(todo, desc="stp-extract", unit="video", disable=args.quiet, file=sys.stderr)
     for video in bar:
         try:
-            feats = extract_video(dataset.video_path(video), encoder, args.stride, args.scale_b, args.batch)
+            feats = extract_video(dataset.video_path(video), encoder, args.stride, args.scale_b, args.batch,
+                                  pre)
         except UserError as err:
             failed.append(video.path)
             tqdm.write(f"stp-extract: skipped {video.path}: {err}", file=sys.stderr)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -24,3 +27,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The parsed JSON document at `path`; a missing, unreadable or invalid file is one UserError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what or 'file'} not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{p} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {p}: {err.strerror}") from None

@@ -5,7 +5,9 @@ runtime features agree to float tolerance (preprocessing drift is the classic de
 
 SPEC.md: the whole uint8 BGR frame is resized to 224x224 with OpenCV INTER_CUBIC (aspect not kept);
 windows of size P and stride S are cut from that uint8 image and each resized to 224x224 the same way;
-then BGR -> RGB, /255 and CLIP mean/std. Scale A (32/32) gives a 7x7 grid, scale B (80/48) a 4x4 grid.
+then BGR -> RGB, /255 and the CLIP model's mean/std. Scale A (32/32) gives a 7x7 grid, scale B (80/48) a 4x4
+grid. The mean/std and the geometry come from a `stprompt.bundle.preprocess.Preprocess` value (the bundle's
+manifest at run time, the CLIP model's configuration at extraction); the default is OpenAI CLIP's.
 
 Vectorisation: instead of one cv2.resize per window, the windows of a scale are laid out as a mosaic in
 which every tile carries a replicated border (OpenCV's own border rule) and starts at a pixel that maps
@@ -17,6 +19,7 @@ kernels (`stprompt.kernels.normalize`) that read the tiles straight out of the r
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -24,11 +27,11 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from .clip.constants import IMAGE_SIZE, MEAN_RGB, STD_RGB
+from .bundle.preprocess import DEFAULT, RESAMPLER, SIZE, Preprocess
 from .kernels.normalize import normalize_frames, normalize_tiles
 
-RESAMPLER = "cv2.INTER_CUBIC"
-_INTERP = cv2.INTER_CUBIC
+IMAGE_SIZE = SIZE  # the only size the runtime honours (Preprocess.check_supported refuses others)
+_INTERP = {RESAMPLER: cv2.INTER_CUBIC}[RESAMPLER]
 _CUBIC_SUPPORT = 2  # source pixels a bicubic tap reaches beyond the sampled position
 
 
@@ -77,8 +80,18 @@ class WindowScale:
         return self._plan["index"], self._plan["pitch"], self._plan["offset"]
 
 
-SCALE_A = WindowScale(32, 32)  # 7x7 -> x_patch
-SCALE_B = WindowScale(80, 48)  # 4x4 -> localization only
+@functools.lru_cache(maxsize=16)
+def window_scale(size: int, stride: int) -> WindowScale:
+    """The one WindowScale per geometry (its mosaic plan is computed once)."""
+    return WindowScale(size, stride)
+
+
+def scales(pre: Preprocess = DEFAULT) -> tuple[WindowScale, WindowScale]:
+    """(scale A, scale B) of a Preprocess value."""
+    return window_scale(*pre.scale_a), window_scale(*pre.scale_b)
+
+
+SCALE_A, SCALE_B = scales(DEFAULT)  # 7x7 -> x_patch; 4x4 -> localization only
 
 
 def resize_frame(frame_bgr: np.ndarray) -> np.ndarray:
@@ -115,22 +128,20 @@ def window_crops_reference(frame224: np.ndarray, scale: WindowScale) -> np.ndarr
     return np.stack(out)
 
 
-_GAIN = (1.0 / (255.0 * np.asarray(STD_RGB, np.float64))).astype(np.float32)
-_BIAS = (-np.asarray(MEAN_RGB, np.float64) / np.asarray(STD_RGB, np.float64)).astype(np.float32)
-
-
-def normalize(crops_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """[N, 224, 224, 3] uint8 BGR -> [N, 3, 224, 224] float32 RGB with CLIP mean/std (into `out` if given)."""
+def normalize(crops_bgr: np.ndarray, out: np.ndarray | None = None, pre: Preprocess = DEFAULT) -> np.ndarray:
+    """[N, 224, 224, 3] uint8 BGR -> [N, 3, 224, 224] float32 RGB with `pre`'s mean/std (into `out` if given)."""
     n = crops_bgr.shape[0]
     if out is None:
         out = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    gain, bias = pre.gain, pre.bias
     for c in range(3):  # RGB channel c is BGR channel 2 - c
-        np.multiply(crops_bgr[..., 2 - c], _GAIN[c], out=out[:, c], dtype=np.float32)
-        out[:, c] += _BIAS[c]
+        np.multiply(crops_bgr[..., 2 - c], gain[c], out=out[:, c], dtype=np.float32)
+        out[:, c] += bias[c]
     return out
 
 
-def fill_windows(frame224: np.ndarray, scale: WindowScale, out: np.ndarray, mask: np.ndarray | None = None) -> int:
+def fill_windows(frame224: np.ndarray, scale: WindowScale, out: np.ndarray, mask: np.ndarray | None = None,
+                 pre: Preprocess = DEFAULT) -> int:  # fmt: skip
     """Write the windows of `scale` that `mask` keeps (all by default) into `out`, normalised; return the count.
 
     Numba kernels read the tiles straight out of the resized mosaic and write the normalised planes in place:
@@ -141,35 +152,32 @@ def fill_windows(frame224: np.ndarray, scale: WindowScale, out: np.ndarray, mask
     if out.shape[0] < rows:
         raise ValueError(f"out has {out.shape[0]} rows, the windows need {rows}")
     if rows:
-        normalize_tiles(window_tiles(frame224, scale), keep, out[:rows], _GAIN, _BIAS)
+        normalize_tiles(window_tiles(frame224, scale), keep, out[:rows], pre.gain, pre.bias)
     return rows
 
 
 def fill_encoder_batch(frame224: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None,
-                       scale: WindowScale = SCALE_A) -> int:  # fmt: skip
+                       scale: WindowScale | None = None, pre: Preprocess = DEFAULT) -> int:  # fmt: skip
     """One sampled frame's encoder input written into `out` (a slice of a preallocated batch): the full frame,
-    then the windows `mask` keeps; returns the row count."""
+    then the windows of `scale` (default: `pre`'s scale A) that `mask` keeps; returns the row count."""
     if out.shape[0] < 1:
         raise ValueError("out has no row for the full frame")
-    normalize_frames(frame224[None], out[:1], _GAIN, _BIAS)
-    return 1 + fill_windows(frame224, scale, out[1:], mask)
+    normalize_frames(frame224[None], out[:1], pre.gain, pre.bias)
+    return 1 + fill_windows(frame224, scale or scales(pre)[0], out[1:], mask, pre)
 
 
-def crops_per_frame(scale_b: bool = False) -> int:
-    return 1 + SCALE_A.count + (SCALE_B.count if scale_b else 0)
+def crops_per_frame(scale_b: bool = False, pre: Preprocess = DEFAULT) -> int:
+    scale_a, scale_b_ = scales(pre)
+    return 1 + scale_a.count + (scale_b_.count if scale_b else 0)
 
 
-def encoder_batch(frame_bgr: np.ndarray, scale_b: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+def encoder_batch(frame_bgr: np.ndarray, scale_b: bool = False, out: np.ndarray | None = None,
+                  pre: Preprocess = DEFAULT) -> np.ndarray:  # fmt: skip
     """[1 + 49 (+16), 3, 224, 224] float32 encoder input for one sampled frame: full frame, scale-A (, scale-B)."""
     small = resize_frame(frame_bgr)
     if out is None:
-        out = np.empty((crops_per_frame(scale_b), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
-    rows = fill_encoder_batch(small, out)
+        out = np.empty((crops_per_frame(scale_b, pre), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    rows = fill_encoder_batch(small, out, pre=pre)
     if scale_b:
-        fill_windows(small, SCALE_B, out[rows:])
+        fill_windows(small, scales(pre)[1], out[rows:], pre=pre)
     return out
-
-
-def snippet_frame_indices(n_frames: int, stride: int) -> np.ndarray:
-    """Native frame index of each snippet: k*stride + stride//2, dropping the tail shorter than stride."""
-    return np.arange(n_frames // stride, dtype=np.int64) * stride + stride // 2

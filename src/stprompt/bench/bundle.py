@@ -7,13 +7,10 @@ bundle is written by the real stp-export, gates included.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 
 from ..data.annotations import class_phrase
 from ..data.importers import NORMAL, UCF_CRIME_CLASSES
-from ..errors import UserError
 
 
 def random_bundle(clip_spec: str, out_dir: Path, int8: bool = False, fp16: bool = False, log=print) -> Path:
@@ -22,7 +19,8 @@ def random_bundle(clip_spec: str, out_dir: Path, int8: bool = False, fp16: bool 
 
     from ..checkpoint import Checkpoint
     from ..clip.loader import load_clip
-    from ..export import cli as export_cli
+    from ..export.bundle import export_bundle
+    from ..export.options import ExportOptions
     from ..model.config import HeadConfig
     from ..model.head import STPromptHead
 
@@ -35,11 +33,6 @@ def random_bundle(clip_spec: str, out_dir: Path, int8: bool = False, fp16: bool 
                       STPromptHead(cfg).state_dict(), torch.zeros(8, clip.dim),
                       torch.randn(len(classes), clip.dim))  # fmt: skip
     ckpt.save(out_dir / "model.pt")
-    argv = ["--ckpt", str(out_dir / "model.pt"), "--out", str(out_dir / "model"), "--quiet", "--probe-frames", "1"]
-    argv += ["--int8-cpu"] if int8 else []
-    argv += ["--precision", "fp16"] if fp16 else []
+    opts = ExportOptions(precision="fp16" if fp16 else "fp32", int8_cpu=int8, probe_frames=1)
     log(f"stp-bench: exporting a random-weights {clip_spec} bundle to {out_dir} (stp-export{' --int8-cpu' * int8})")
-    with contextlib.redirect_stdout(sys.stderr):  # stp-export prints the manifest path
-        if export_cli.main(argv) != 0:
-            raise UserError(f"exporting the random {clip_spec} bundle failed (see above)")
-    return out_dir / "model.json"
+    return export_bundle(out_dir / "model.pt", out_dir / "model", opts, log=lambda _msg: None)

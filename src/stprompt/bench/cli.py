@@ -158,7 +158,7 @@ def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Pat
     frame = stages.read_frames(video, manifest.stride)[manifest.offset]
     crops = windows.encoder_batch(frame)
     timings = [stages.time_decode(video, **fast), stages.time_windows(frame, **fast)]
-    timings.append(stages.time_sa2(manifest.dim, int(manifest.head.get("topk_windows", 12)), **fast))
+    timings.append(stages.time_sa2(manifest.dim, manifest.head_settings.topk_windows, **fast))
     timings.append(stages.time_sinks(manifest, frame, work, **fast))
     per_backend: dict[str, dict[str, Any]] = {}
     primary = None
@@ -239,7 +239,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[str, Any]:
-    from ..export.manifest import load_manifest
+    from ..bundle.manifest import load_manifest
     from .machine import machine_stamp
 
     manifest = load_manifest(manifest_path, verify=True)
@@ -287,13 +287,12 @@ def main(argv: list[str] | None = None) -> int:
                                           log=lambda m: _log(args, m))  # fmt: skip
             engine = None
         else:
-            from ..export.manifest import manifest_path as find_manifest
-            from ..runtime.backends import bundle_manifest_for
+            from ..bundle.membership import bundle_manifest_for
 
             engine = Path(args.engine)
             if not engine.is_file():
                 raise UserError(f"engine file not found: {engine}")
-            manifest_path = find_manifest(engine) if engine.suffix == ".json" else bundle_manifest_for(engine)
+            manifest_path = bundle_manifest_for(engine)
             if not manifest_path.is_file():
                 raise UserError(f"{engine.name}: bundle manifest {manifest_path} not found beside it")
         result = _bench(args, manifest_path, engine, work)

@@ -106,7 +106,7 @@ def time_sa2(dim: int, k: int, **kw) -> Timing:
 
 def head_window(manifest, lookahead: int | None = None) -> int:
     """Snippets in the head call that scores one snippet in the stream: context + lookahead + 1."""
-    exact = int(manifest.head["exact_lookahead"])
+    exact = manifest.head_settings.exact_lookahead
     return (exact - 1) + (exact if lookahead is None else lookahead) + 1
 
 

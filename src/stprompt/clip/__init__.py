@@ -1,2 +1,2 @@
-"""CLIP loading, image and text encoding. Import submodules directly: `stprompt.clip.constants` is
-torch-free (the runtime uses it), the others need torch and open_clip."""
+"""CLIP loading, image and text encoding (torch and open_clip). The image preprocessing a CLIP model prescribes
+is read by `loader.clip_preprocess` into a torch-free `stprompt.bundle.preprocess.Preprocess`."""

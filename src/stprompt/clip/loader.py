@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..bundle.preprocess import Preprocess
+from ..errors import UserError, first_line
 from .spec import ClipSpec
 
 _CONFIG_DIR = Path(__file__).with_name("configs")
@@ -36,6 +37,10 @@ class LoadedClip:
     model: torch.nn.Module  # an open_clip CLIP, eval mode, frozen, fp32, on CPU
     spec: ClipSpec
     sha256: str
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return clip_preprocess(self.model)
 
     @property
     def dim(self) -> int:
@@ -80,18 +85,26 @@ def load_clip(spec: ClipSpec | str) -> LoadedClip:
         try:
             model = open_clip.create_model(spec.arch, pretrained=str(path))
         except Exception as err:  # noqa: BLE001 - any failure to read the user's file is their error to fix
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"cannot load {path} into {spec.arch}: {first}") from None
+            raise UserError(f"cannot load {path} into {spec.arch}: {first_line(err)}") from None
     else:
         try:
             model = open_clip.create_model(spec.arch, pretrained=spec.value)
         except (RuntimeError, OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"cannot get pretrained weights {spec}: {first}") from None
+            raise UserError(f"cannot get pretrained weights {spec}: {first_line(err)}") from None
     model = model.float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return LoadedClip(model=model, spec=spec, sha256=state_sha256(model))
+
+
+def clip_preprocess(model: torch.nn.Module) -> Preprocess:
+    """The input size and mean / std this CLIP model was trained with (open_clip's `visual.preprocess_cfg`: from the
+    pretrained tag, an open_clip_config.json, or open_clip's OpenAI defaults), checked to be honourable."""
+    visual = getattr(model, "visual", None)
+    cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
+    size = cfg.get("size", getattr(visual, "image_size", 224))
+    pre = Preprocess.from_clip_config(size, cfg.get("mean"), cfg.get("std"))
+    return pre.check_supported("CLIP preprocessing")
 
 
 def check_same_weights(expected: str, actual: str, what: str, other: str) -> None:

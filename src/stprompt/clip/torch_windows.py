@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import windows
-from .constants import IMAGE_SIZE
-
-_GAIN = torch.from_numpy(windows._GAIN).view(1, 3, 1, 1)
-_BIAS = torch.from_numpy(windows._BIAS).view(1, 3, 1, 1)
+from ..bundle.preprocess import DEFAULT, Preprocess
+from ..windows import IMAGE_SIZE
 
 
-def _normalize(rgb_uint8_valued: torch.Tensor) -> torch.Tensor:
-    """[N, 3, 224, 224] float32 holding 0..255 integers -> CLIP-normalised, as windows.normalize computes it."""
+def _normalize(rgb_uint8_valued: torch.Tensor, pre: Preprocess = DEFAULT) -> torch.Tensor:
+    """[N, 3, 224, 224] float32 holding 0..255 integers -> normalised with `pre`'s mean/std, as windows.normalize."""
     device = rgb_uint8_valued.device
-    return rgb_uint8_valued * _GAIN.to(device) + _BIAS.to(device)
+    gain = torch.from_numpy(pre.gain).view(1, 3, 1, 1).to(device)
+    bias = torch.from_numpy(pre.bias).view(1, 3, 1, 1).to(device)
+    return rgb_uint8_valued * gain + bias
 
 
 def window_tiles(frames: torch.Tensor, scale: windows.WindowScale) -> torch.Tensor:
@@ -43,15 +43,15 @@ def upscale(tiles: torch.Tensor) -> torch.Tensor:
     return up.round_().clamp_(0, 255)
 
 
-def encoder_batch(
-    frames: torch.Tensor, masks: torch.Tensor | None = None, scale: windows.WindowScale = windows.SCALE_A
-) -> torch.Tensor:
+def encoder_batch(frames: torch.Tensor, masks: torch.Tensor | None = None, pre: Preprocess = DEFAULT,
+                  scale: windows.WindowScale | None = None) -> torch.Tensor:  # fmt: skip
     """Encoder input for N 224x224 uint8 BGR frames: per frame the full frame, then its windows kept by `masks`.
 
     `masks`: bool [N, count] (None = every window). Same order as the CPU Detector builds: frame 0's full crop and
     kept windows, then frame 1's, ... Returns float32 [sum(1 + kept), 3, 224, 224] on the frames' device.
     """
     n = frames.shape[0]
+    scale = scale or windows.scales(pre)[0]
     full = frames.permute(0, 3, 1, 2).flip(1).float()
     tiles = window_tiles(frames, scale)
     keep = torch.ones((n, scale.count), dtype=torch.bool, device=frames.device) if masks is None else masks
@@ -61,4 +61,4 @@ def encoder_batch(
     for i, c in enumerate(counts):
         parts += [full[i : i + 1], up[start : start + c]]
         start += c
-    return _normalize(torch.cat(parts, dim=0))
+    return _normalize(torch.cat(parts, dim=0), pre)

@@ -6,7 +6,6 @@ names the exact field that is wrong so a user can fix a hand-edited file.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 
 FORMAT = "stprompt-annotations/1"
 NORMAL = "normal"
@@ -209,8 +208,4 @@ def load(path: str | os.PathLike) -> Annotations:
         p = p / "annotations.json"
     if not p.is_file():
         raise UserError(f"no annotations file at {p}")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{p} is not valid JSON: {err}") from None
-    return from_json(doc, root=p.parent)
+    return from_json(read_json(p, "annotations file"), root=p.parent)

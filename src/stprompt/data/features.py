@@ -9,7 +9,6 @@ copy of every video's annotation, so training and evaluation need nothing but th
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, read_json
 from .annotations import Annotations, Video, from_json
 
 FORMAT = "stprompt-features/1"
@@ -45,6 +44,7 @@ class FeatureStore:
         classes: list[str],
         fps: float,
         dataset: str | None = None,
+        preprocess: dict[str, Any] | None = None,
     ) -> FeatureStore:
         """Open FEATURES for writing; an existing store must have been made the same way (resume)."""
         root = Path(root)
@@ -58,6 +58,7 @@ class FeatureStore:
             "classes": list(classes),
             "fps": float(fps),
             "dataset": dataset,  # folder the video paths are relative to (for plots over frames)
+            "preprocess": preprocess,  # the manifest sections (Preprocess.manifest_sections) the crops were made by
         }
         if (root / "index.json").exists():
             store = cls.open(root)
@@ -81,10 +82,7 @@ class FeatureStore:
         path = root / "index.json"
         if not path.is_file():
             raise UserError(f"{root} is not a feature folder (no index.json); run stp-extract first")
-        try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} is corrupt: {err}") from None
+        index = read_json(path, "feature index")
         if index.get("format") != FORMAT:
             raise UserError(f"{path}: unknown format {index.get('format')!r}, expected {FORMAT!r}")
         return cls(root, index)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
+from ..sampling import is_sampled
 
 T = TypeVar("T")
 
@@ -30,7 +31,7 @@ class SampledFrames:
     """Iterate (native frame index, BGR frame) for frames k*stride + stride//2 of a video.
 
     After iteration `n_frames` holds the number of decoded frames; snippets whose `stride` frames are not
-    all present (the tail) are the caller's to drop: see `windows.snippet_frame_indices`.
+    all present (the tail) are the caller's to drop: see `stprompt.sampling.snippet_frame_indices`.
     """
 
     def __init__(self, path: str | Path, stride: int):
@@ -41,11 +42,10 @@ class SampledFrames:
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         cap = open_capture(self.path)
-        offset = self.stride // 2
         try:
             index = 0
             while True:
-                if index % self.stride == offset:
+                if is_sampled(index, self.stride):
                     ok, frame = cap.read()
                     if not ok:
                         break

@@ -1,7 +1,10 @@
 """`stp-export`'s work: a checkpoint becomes a self-describing, gated bundle of files sharing one stem.
 
-Files are written under temporary names, checked (onnx checker, accuracy gates, TensorRT op report) and only
-then renamed into place; the manifest comes last. A failed gate leaves no new file and no manifest behind.
+Three steps, one function each: `write_graphs` (ONNX encoder, heads, reduced-precision variants), `gate_graphs`
+(every graph against the fp32 PyTorch reference on the bundle's own preprocessing) and `manifest_doc` (what the
+bundle room's manifest records). Files are written under temporary names, checked (onnx checker, accuracy gates,
+TensorRT op report) and only then renamed into place; the manifest comes last. A failed gate leaves no new file
+and no manifest behind.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import io
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,77 +20,19 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..clip.constants import IMAGE_SIZE, MEAN_RGB, STD_RGB
+from ..bundle.engine_keys import BuildSettings
+from ..bundle.graphs import HEAD_FEATURES_INPUTS, HEAD_INPUTS, HEAD_OUTPUTS, X_AS, X_PATCH
+from ..bundle.hashing import file_entry
+from ..bundle.manifest import FORMAT, ROLE_SUFFIXES, manifest_path, write_manifest
+from ..bundle.ort import ort_session, run_head
+from ..bundle.preprocess import Preprocess
 from ..errors import UserError
-from ..localize.heat import LocalizeSettings
-from ..windows import RESAMPLER, SCALE_A, SCALE_B, crops_per_frame
 from . import gates as gate_mod
-from .manifest import FORMAT, ROLE_SUFFIXES, file_entry, manifest_path, write_manifest
-from .trt_build import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_OPT_BATCH,
-    DEFAULT_WORKSPACE_GB,
-    default_max_window,
-    default_opt_window,
-)
+from .options import ExportOptions, default_thresholds, resolve_stem
 from .trt_ops import check_graph
 
-PRECISIONS = ("fp32", "fp16")
 HEAD_GATE_LENGTHS = (1, 2, 17)  # plus the engine's opt and max window
-
-
-@dataclass
-class ExportOptions:
-    """Everything `stp-export` decides besides the checkpoint and the output stem."""
-
-    precision: str = "fp32"  # encoder precision the engines are built for; fp16 also writes model.fp16.onnx
-    int8_cpu: bool = False  # also write model.int8.onnx (ONNX Runtime dynamic int8, CPU)
-    queries: str | None = None  # query bank JSON (localize.queries format); None = the default bank
-    max_batch: int = DEFAULT_MAX_BATCH
-    opt_batch: int = DEFAULT_OPT_BATCH
-    max_window: int | None = None  # None = 256 + 2 * exact_lookahead
-    opt_window: int | None = None  # None = 2 * exact_lookahead + 1
-    workspace_gb: float = DEFAULT_WORKSPACE_GB
-    probe_frames: int = 2
-    encoder_gate: float = 0.999  # fp32 and fp16 encoder: min centered cosine
-    int8_gate: float = 0.99
-    head_gate: float = 1e-3  # max abs difference
-    int8_per_channel: bool = False
-    strict_ops: bool = False  # refuse graphs TensorRT 10 cannot parse (set when building engines right away)
-    thresholds: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.max_batch < 1 or self.opt_batch < 1 or self.probe_frames < 1 or self.workspace_gb <= 0:
-            raise UserError("need --max-batch, --opt-batch, --probe-frames >= 1 and --workspace-gb > 0")
-        if self.max_window is not None and self.max_window < 1:
-            raise UserError(f"--max-window must be at least 1, got {self.max_window}")
-        if not all(0 < g <= 1 for g in (self.encoder_gate, self.int8_gate)) or self.head_gate <= 0:
-            raise UserError("gates need 0 < --encoder-gate, --int8-gate <= 1 and --head-gate > 0")
-
-
-def default_thresholds() -> dict[str, float]:
-    s = LocalizeSettings()
-    return {
-        "alarm": 0.5,
-        "heat": s.heat_threshold,
-        "min_box_area": s.min_box_area,
-        "tau_loc": s.tau_loc,
-        "fusion_lambda": s.fusion_lambda,
-    }
-
-
-def resolve_stem(out: str | os.PathLike) -> Path:
-    """--out DIR/model (or DIR/model.json, or an existing DIR -> DIR/model) -> the bundle stem."""
-    p = Path(out)
-    if p.is_dir():
-        p = p / "model"
-    if p.name.endswith(".json"):
-        p = p.with_name(p.name[: -len(".json")])
-    if not p.name or p.name in (".", ".."):
-        raise UserError(f"--out {out!r} does not name a bundle stem such as out/model")
-    return p
+GRAPH_ROLES = ("encoder", "head", "head_features")  # the graphs a TensorRT target builds (op-checked)
 
 
 def head_gate_inputs(x_ref: np.ndarray, dim: int, lengths: list[int], seed: int = 0) -> list[tuple[np.ndarray, ...]]:
@@ -117,7 +61,7 @@ def torch_head_outputs(head, prompts, x_clip: np.ndarray, x_patch: np.ndarray) -
     return {"score": o.score[0].numpy(), "score_c": o.score_c[0].numpy(), "probs": o.probs[0].numpy()}
 
 
-class _Staging:
+class Staging:
     """Bundle files under temporary names until every check passed; `commit` renames them into place."""
 
     def __init__(self, stem: Path):
@@ -164,139 +108,91 @@ def _write_queries(path: Path, queries) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def export_bundle(
-    ckpt_path: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions, log: Callable[[str], None] = print
-) -> Path:
-    """Write the bundle for `ckpt_path` at stem `out`; returns the manifest path. Raises UserError on any gate."""
+def write_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions) -> dict[str, float]:
+    """The ONNX graphs of the bundle under their staging names, each through onnx's checker; returns timings."""
+    from .onnx_graphs import export_encoder, export_head
+    from .precision import convert_fp16, quantize_int8
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    export_encoder(clip_model, stage.path("encoder"))
+    _check_onnx(stage.paths["encoder"])
+    timings["encoder_onnx"] = time.perf_counter() - t
+    t = time.perf_counter()
+    export_head(head, prompts, stage.path("head"))
+    _check_onnx(stage.paths["head"])
+    export_head(head, prompts, stage.path("head_features"), after_sa2=True)
+    _check_onnx(stage.paths["head_features"])
+    timings["head_onnx"] = time.perf_counter() - t
+    if opts.precision == "fp16":
+        t = time.perf_counter()
+        convert_fp16(stage.paths["encoder"], stage.path("encoder_fp16"))
+        _check_onnx(stage.paths["encoder_fp16"])
+        timings["fp16"] = time.perf_counter() - t
+    if opts.int8_cpu:
+        t = time.perf_counter()
+        quantize_int8(stage.paths["encoder"], stage.path("encoder_int8"), per_channel=opts.int8_per_channel)
+        _check_onnx(stage.paths["encoder_int8"])
+        timings["int8"] = time.perf_counter() - t
+    return timings
+
+
+def gate_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions, pre: Preprocess,
+                lengths: list[int]) -> dict[str, Any]:  # fmt: skip
+    """Gate records of every staged graph against PyTorch fp32 on CPU: the encoders on the probe scene cut into
+    crops by `pre` (the bundle's own preprocessing), the heads at every length in `lengths`."""
     import torch
 
-    from ..checkpoint import load_checkpoint
     from ..clip.image import ImageEncoder
-    from ..clip.loader import check_same_weights, load_clip
-    from ..localize.queries import encode_bank, load_bank
-    from .onnx_graphs import ENCODER_OPSET, HEAD_INPUTS, HEAD_OPSET, HEAD_OUTPUTS, export_encoder, export_head
-    from .precision import FP32_OPS, INT8_OPS, convert_fp16, quantize_int8
     from .probe import PROBE_SEED, PROBE_SIZE, probe_batch
 
-    ckpt = load_checkpoint(ckpt_path)
-    bank = load_bank(opts.queries)
-    stem = resolve_stem(out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    cfg = ckpt.config
-    max_window = opts.max_window or default_max_window(cfg.exact_lookahead)
-    opt_window = min(opts.opt_window or default_opt_window(cfg.exact_lookahead, max_window), max_window)
-    opt_batch = min(opts.opt_batch, opts.max_batch)
-    thresholds = {**default_thresholds(), **opts.thresholds}
-
-    clip = load_clip(ckpt.clip)
-    check_same_weights(ckpt.clip_sha256, clip.sha256, "the checkpoint", ckpt.clip)
-    if clip.dim != cfg.dim:
-        raise UserError(f"checkpoint head expects D={cfg.dim}, CLIP {ckpt.clip} gives D={clip.dim}")
-    head = ckpt.build_head()
-    prompts = ckpt.prompt_features.float()
-
-    stage = _Staging(stem)
-    timings: dict[str, float] = {}
-    try:
-        t = time.perf_counter()
-        export_encoder(clip.model, stage.path("encoder"))
-        _check_onnx(stage.paths["encoder"])
-        timings["encoder_onnx"] = time.perf_counter() - t
-        t = time.perf_counter()
-        export_head(head, prompts, stage.path("head"))
-        _check_onnx(stage.paths["head"])
-        export_head(head, prompts, stage.path("head_features"), after_sa2=True)
-        _check_onnx(stage.paths["head_features"])
-        timings["head_onnx"] = time.perf_counter() - t
-        if opts.precision == "fp16":
-            t = time.perf_counter()
-            convert_fp16(stage.paths["encoder"], stage.path("encoder_fp16"))
-            _check_onnx(stage.paths["encoder_fp16"])
-            timings["fp16"] = time.perf_counter() - t
-        if opts.int8_cpu:
-            t = time.perf_counter()
-            quantize_int8(stage.paths["encoder"], stage.path("encoder_int8"), per_channel=opts.int8_per_channel)
-            _check_onnx(stage.paths["encoder_int8"])
-            timings["int8"] = time.perf_counter() - t
-        queries = encode_bank(clip.model, bank, ckpt.classes)
-        _write_queries(stage.path("queries"), queries)
-
-        t = time.perf_counter()
-        probe = probe_batch(opts.probe_frames)
-        reference = ImageEncoder(clip.model, batch=64)(probe)
-        gates: dict[str, Any] = {
-            "probe": {
-                "frames": opts.probe_frames,
-                "crops": int(len(probe)),
-                "scene": f"stprompt.export.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
-                "reference": "PyTorch fp32 encode_image on CPU",
-            }
+    probe = probe_batch(opts.probe_frames, pre)
+    reference = ImageEncoder(clip_model, batch=64)(probe)
+    gates: dict[str, Any] = {
+        "probe": {
+            "frames": opts.probe_frames,
+            "crops": int(len(probe)),
+            "scene": f"stprompt.export.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
+            "reference": "PyTorch fp32 encode_image on CPU",
         }
-        variants = [("encoder_fp32", "encoder", opts.encoder_gate, False)]
-        if opts.precision == "fp16":
-            variants.append(("encoder_fp16", "encoder_fp16", opts.encoder_gate, True))
-        if opts.int8_cpu:
-            variants.append(("encoder_int8", "encoder_int8", opts.int8_gate, False))
-        for name, role, threshold, fp16 in variants:
-            emb = gate_mod.run_encoder_checked(stage.paths[role], probe, fp16=fp16, name=stage.final(role).name)
-            gates[name] = gate_mod.encoder_gate(emb, reference, threshold)
-            if fp16:
-                gates[name]["ort_disabled_optimizers"] = list(gate_mod.FP16_DISABLED_OPTIMIZERS)
-        lengths = sorted({*HEAD_GATE_LENGTHS, opt_window, max_window})
-        session = gate_mod.ort_session(stage.paths["head"])
-        outs, refs = [], []
-        for x_clip, x_patch in head_gate_inputs(reference, cfg.dim, lengths):
-            outs.append(gate_mod.run_head(session, x_clip, x_patch))
-            refs.append(torch_head_outputs(head, prompts, x_clip, x_patch))
-        gates["head_fp32"] = gate_mod.head_gate(outs, refs, lengths, opts.head_gate)
-        session = gate_mod.ort_session(stage.paths["head_features"])
-        outs = []
-        for x_clip, x_patch in head_gate_inputs(reference, cfg.dim, lengths):
-            x_as = head.aggregate(torch.from_numpy(x_patch)[None].reshape(1, len(x_patch), 7, 7, -1))[0].numpy()
-            outs.append(gate_mod.run_head(session, x_clip, x_as, second="x_as"))
-        gates["head_features_fp32"] = gate_mod.head_gate(outs, refs, lengths, opts.head_gate)
-        timings["gates"] = time.perf_counter() - t
-        for name, g in gates.items():
-            if name != "probe":
-                value = f"min centered cosine {g['min']:.6f}" if "min" in g else f"max abs {g['max_abs']:.2e}"
-                log(f"stp-export: gate {name}: {value} ({'pass' if g['passed'] else 'FAIL'}, limit {g['threshold']})")
-        gate_mod.require_passed(gates)
+    }
+    variants = [("encoder_fp32", "encoder", opts.encoder_gate, False)]
+    if opts.precision == "fp16":
+        variants.append(("encoder_fp16", "encoder_fp16", opts.encoder_gate, True))
+    if opts.int8_cpu:
+        variants.append(("encoder_int8", "encoder_int8", opts.int8_gate, False))
+    for name, role, threshold, fp16 in variants:
+        emb = gate_mod.run_encoder_checked(stage.paths[role], probe, fp16=fp16, name=stage.final(role).name)
+        gates[name] = gate_mod.encoder_gate(emb, reference, threshold, fp16=fp16)
+    dim = int(reference.shape[1])
+    inputs = head_gate_inputs(reference, dim, lengths)
+    refs = [torch_head_outputs(head, prompts, x_clip, x_patch) for x_clip, x_patch in inputs]
+    session = ort_session(stage.paths["head"])
+    outs = [run_head(session, x_clip, x_patch, X_PATCH) for x_clip, x_patch in inputs]
+    gates["head_fp32"] = gate_mod.head_gate(outs, refs, lengths, opts.head_gate)
+    session = ort_session(stage.paths["head_features"])
+    outs = []
+    for x_clip, x_patch in inputs:
+        x_as = head.aggregate(torch.from_numpy(x_patch)[None].reshape(1, len(x_patch), 7, 7, -1))[0].numpy()
+        outs.append(run_head(session, x_clip, x_as, X_AS))
+    gates["head_features_fp32"] = gate_mod.head_gate(outs, refs, lengths, opts.head_gate)
+    return gates
 
-        reports = [check_graph(stage.paths[r], name=stage.final(r).name) for r in ("encoder", "head", "head_features")]
-        for report in reports:
-            for line in report.lines():
-                log(f"stp-export: {line}")
-        if opts.strict_ops and not all(r.ok for r in reports):
-            bad = ", ".join(r.name for r in reports if not r.ok)
-            raise UserError(f"{bad}: uses ONNX ops or forms TensorRT 10 does not take (see the op report above)")
-        files = stage.commit()
-    finally:
-        stage.discard()
 
-    doc = {
+def manifest_doc(ckpt, clip, queries, opts: ExportOptions, pre: Preprocess, settings: BuildSettings,
+                 files: dict[str, Path], gates: dict[str, Any], reports) -> dict[str, Any]:  # fmt: skip
+    """The manifest of a gated bundle: everything the runtime and the engine builders read (see bundle.manifest)."""
+    from .onnx_graphs import ENCODER_OPSET, HEAD_OPSET
+    from .precision import FP32_OPS, INT8_OPS
+
+    cfg = ckpt.config
+    return {
         "format": FORMAT,
         "clip": str(clip.spec),
         "clip_sha256": clip.sha256,
         "dim": cfg.dim,
-        "preprocess": {
-            "size": IMAGE_SIZE,
-            "mean": list(MEAN_RGB),
-            "std": list(STD_RGB),
-            "resampler": RESAMPLER,
-            "colour_order": "BGR->RGB",
-            "scale": 1.0 / 255.0,
-            "resize": "whole frame to 224x224, aspect not kept",
-            "layout": "NCHW float32: (pixel / 255 - mean) / std per RGB channel",
-        },
+        **pre.manifest_sections(),
         "sampling": {"stride": ckpt.stride, "offset": ckpt.stride // 2},
-        "windows": {
-            "A": {"size": SCALE_A.size, "stride": SCALE_A.stride, "grid": SCALE_A.grid},
-            "B": {"size": SCALE_B.size, "stride": SCALE_B.stride, "grid": SCALE_B.grid},
-            "order": "row-major",
-            "crops_per_frame": crops_per_frame(),
-            "batch_order": "full frame, scale-A windows, then scale-B windows on flagged frames",
-            "window_resize": f"each window of the 224x224 uint8 frame to 224x224, {RESAMPLER}",
-        },
         "classes": list(ckpt.classes),
         "class_phrases": list(ckpt.class_phrases),
         "queries": {
@@ -313,8 +209,9 @@ def export_bundle(
             "outputs": list(HEAD_OUTPUTS),
             "sa2_ties": "top-k over tied motion keeps the lowest window indices (ONNX TopK rule)",
             "features_inputs": {"x_clip": ["T", cfg.dim], "x_as": ["T", cfg.dim]},
+            "features_input_names": list(HEAD_FEATURES_INPUTS),
         },
-        "thresholds": thresholds,
+        "thresholds": {**default_thresholds(), **opts.thresholds},
         "files": {role: file_entry(path) for role, path in files.items()},
         "precision": {
             "encoder": opts.precision,
@@ -324,13 +221,7 @@ def export_bundle(
             "int8_ops": list(INT8_OPS) if opts.int8_cpu else [],
         },
         "gates": gates,
-        "build": {
-            "max_batch": opts.max_batch,
-            "opt_batch": opt_batch,
-            "max_window": max_window,
-            "opt_window": opt_window,
-            "workspace_gb": opts.workspace_gb,
-        },
+        "build": settings.to_dict(),
         "engines": {},
         "op_check": {
             r.name: {"ok": r.ok, "unsupported": r.unsupported, "restrictions": r.restrictions} for r in reports
@@ -338,6 +229,56 @@ def export_bundle(
         "versions": _versions(ENCODER_OPSET, HEAD_OPSET),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def export_bundle(
+    ckpt_path: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions, log: Callable[[str], None] = print
+) -> Path:
+    """Write the bundle for `ckpt_path` at stem `out`; returns the manifest path. Raises UserError on any gate."""
+    from ..checkpoint import load_checkpoint
+    from ..clip.loader import check_same_weights, load_clip
+    from ..localize.queries import encode_bank, load_bank
+
+    ckpt = load_checkpoint(ckpt_path)
+    bank = load_bank(opts.queries)
+    stem = resolve_stem(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    cfg = ckpt.config
+    clip = load_clip(ckpt.clip)
+    check_same_weights(ckpt.clip_sha256, clip.sha256, "the checkpoint", ckpt.clip)
+    if clip.dim != cfg.dim:
+        raise UserError(f"checkpoint head expects D={cfg.dim}, CLIP {ckpt.clip} gives D={clip.dim}")
+    pre = clip.preprocess  # the CLIP model's own size and mean / std: the runtime reads them from the manifest
+    settings = BuildSettings.resolve(cfg.exact_lookahead, max_batch=opts.max_batch, opt_batch=opts.opt_batch,
+                                     max_window=opts.max_window, opt_window=opts.opt_window,
+                                     workspace_gb=opts.workspace_gb)  # fmt: skip
+    head = ckpt.build_head()
+    prompts = ckpt.prompt_features.float()
+
+    stage = Staging(stem)
+    try:
+        timings = write_graphs(stage, clip.model, head, prompts, opts)
+        queries = encode_bank(clip.model, bank, ckpt.classes)
+        _write_queries(stage.path("queries"), queries)
+        t = time.perf_counter()
+        lengths = sorted({*HEAD_GATE_LENGTHS, settings.opt_window, settings.max_window})
+        gates = gate_graphs(stage, clip.model, head, prompts, opts, pre, lengths)
+        timings["gates"] = time.perf_counter() - t
+        for name, g in gates.items():
+            if name != "probe":
+                log(f"stp-export: {gate_mod.describe(name, g)}")
+        gate_mod.require_passed(gates)
+        reports = [check_graph(stage.paths[r], name=stage.final(r).name) for r in GRAPH_ROLES]
+        for report in reports:
+            for line in report.lines():
+                log(f"stp-export: {line}")
+        if opts.strict_ops and not all(r.ok for r in reports):
+            bad = ", ".join(r.name for r in reports if not r.ok)
+            raise UserError(f"{bad}: uses ONNX ops or forms TensorRT 10 does not take (see the op report above)")
+        files = stage.commit()
+    finally:
+        stage.discard()
+    doc = manifest_doc(ckpt, clip, queries, opts, pre, settings, files, gates, reports)
     path = write_manifest(manifest_path(stem), doc)
     log("stp-export: timings " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     return path

@@ -6,20 +6,9 @@ import argparse
 import shlex
 import sys
 
+from ..bundle.engine_keys import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH, DEFAULT_WORKSPACE_GB, engine_jobs, engine_path
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
-from .manifest import ENGINE_SUFFIXES
-from .trt_build import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_OPT_BATCH,
-    DEFAULT_WORKSPACE_GB,
-    TRT_MISSING,
-    encoder_profiles,
-    head_profiles,
-    onnx_fp32_layer_names,
-    tensorrt_available,
-    trtexec_command,
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,29 +68,33 @@ def _thresholds(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def _print_next_steps(manifest) -> None:
-    """How to build the engines on the target, with stp-build or with trtexec alone."""
-    build = manifest.build
+def print_next_steps(manifest) -> None:
+    """How to build the engines on the target, with stp-build or with trtexec alone: every engine the builder
+    would build (`engine_jobs`, the builder's own list), each as one trtexec command."""
+    from ..bundle.engine_keys import BuildSettings
+    from ..engines.tensorrt import onnx_fp32_layer_names, trtexec_command
+
+    settings = BuildSettings.from_manifest(manifest)
     print(f"stp-export: build engines on the target: stp-build {manifest.path}")
-    jobs = [
-        ("encoder", manifest.precision["encoder"], encoder_profiles(build["max_batch"], build["opt_batch"])),
-        ("head", "fp32", head_profiles(manifest.dim, build["max_window"], build["opt_window"])),
-    ]
-    for role, precision, profiles in jobs:
+    cache = manifest.stem.with_name(manifest.stem.name + ".timing.cache")
+    for role, precision, profiles in engine_jobs(manifest, settings):
         onnx_path = manifest.file(role)
-        plan = manifest.stem.with_name(manifest.stem.name + ENGINE_SUFFIXES[role])
         layers = onnx_fp32_layer_names(onnx_path) if precision == "fp16" else []
-        cache = manifest.stem.with_name(manifest.stem.name + ".timing.cache")
-        cmd = trtexec_command(onnx_path.name, plan.name, profiles, precision, build["workspace_gb"], cache.name, layers)
+        cmd = trtexec_command(onnx_path.name, engine_path(manifest, role).name, profiles, precision,
+                              settings.workspace_gb, cache.name, layers)  # fmt: skip
         print(f"stp-export: or with trtexec ({role}): {shlex.join(cmd)}")
 
 
 @cli_entry("stp-export")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.trt and not tensorrt_available():
-        raise UserError(f"--trt: {TRT_MISSING}")
-    from .bundle import ExportOptions, export_bundle
+    if args.trt:
+        from ..engines.tensorrt import TRT_MISSING, tensorrt_available
+
+        if not tensorrt_available():
+            raise UserError(f"--trt: {TRT_MISSING}")
+    from .bundle import export_bundle
+    from .options import ExportOptions
 
     opts = ExportOptions(
         precision=args.precision,
@@ -127,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     path = export_bundle(args.ckpt, args.out, opts, log=log)
 
-    from .manifest import load_manifest
+    from ..bundle.manifest import load_manifest
 
     manifest = load_manifest(path)
     if not args.quiet:
@@ -135,14 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             entry = manifest.raw["files"][role]
             print(f"stp-export: {role:13s} {entry['path']} ({entry['bytes'] / 1e6:.2f} MB)", file=sys.stderr)
     if args.trt:
-        from .trt_build import build_bundle_engines
+        from ..engines.tensorrt import build_bundle_engines
 
         build_bundle_engines(path, log=log)
     elif not args.quiet:
         import contextlib
 
         with contextlib.redirect_stdout(sys.stderr):
-            _print_next_steps(manifest)
+            print_next_steps(manifest)
     print(path)
     return 0
 

@@ -19,13 +19,11 @@ import warnings
 import torch
 from torch import nn
 
+from ..bundle.graphs import ENCODER_INPUTS, ENCODER_OUTPUTS, HEAD_FEATURES_INPUTS, HEAD_INPUTS, HEAD_OUTPUTS
 from ..model.head import STPromptHead
 
 ENCODER_OPSET = 17
 HEAD_OPSET = 18  # the dynamo exporter's native opset; TensorRT 10 parses opsets 9-20 (10.0) and later
-ENCODER_INPUTS, ENCODER_OUTPUTS = ["images"], ["embeddings"]
-HEAD_INPUTS, HEAD_OUTPUTS = ["x_clip", "x_patch"], ["score", "score_c", "probs"]
-HEAD_FEATURES_INPUTS = ["x_clip", "x_as"]  # the same head after SA2 (the runtime runs SA2 as a Numba kernel)
 _EXAMPLE_T = 53  # trace length: unlike every static dimension (49 windows, D, 1 + C, K, 2R + 1)
 
 
@@ -82,7 +80,9 @@ def _quiet_export():
 def export_encoder(clip_model: nn.Module, path: str | os.PathLike, batch: int = 2) -> None:
     """Write the image encoder ONNX (N dynamic) to `path`."""
     graph = EncoderGraph(clip_model).eval().float().cpu()
-    example = torch.zeros(batch, 3, 224, 224)
+    size = getattr(clip_model.visual, "image_size", 224)  # the model's own input size (Preprocess.size)
+    h, w = size if isinstance(size, (tuple, list)) else (size, size)
+    example = torch.zeros(batch, 3, int(h), int(w))
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
@@ -91,9 +91,9 @@ def export_encoder(clip_model: nn.Module, path: str | os.PathLike, batch: int = 
                 graph,
                 (example,),
                 os.fspath(path),
-                input_names=ENCODER_INPUTS,
-                output_names=ENCODER_OUTPUTS,
-                dynamic_axes={"images": {0: "N"}, "embeddings": {0: "N"}},
+                input_names=list(ENCODER_INPUTS),
+                output_names=list(ENCODER_OUTPUTS),
+                dynamic_axes={ENCODER_INPUTS[0]: {0: "N"}, ENCODER_OUTPUTS[0]: {0: "N"}},
                 opset_version=ENCODER_OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -115,8 +115,8 @@ def export_head(head: STPromptHead, prompts: torch.Tensor, path: str | os.PathLi
         program = torch.onnx.export(
             graph,
             example,
-            input_names=names,
-            output_names=HEAD_OUTPUTS,
+            input_names=list(names),
+            output_names=list(HEAD_OUTPUTS),
             dynamic_shapes={names[0]: {0: t}, names[1]: {0: t}},
             opset_version=HEAD_OPSET,
             dynamo=True,

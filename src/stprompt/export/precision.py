@@ -10,17 +10,8 @@ from __future__ import annotations
 
 import os
 
-# ONNX ops kept in fp32 in fp16 graphs and engines; also TensorRT's layer precision constraints (trt_build).
-FP32_OPS = (
-    "LayerNormalization",
-    "Softmax",
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceL2",
-    "Pow",
-    "Sqrt",
-    "Exp",
-)  # not Erf: GELU stays fp16 so TensorRT can fuse it into the MLP matmul
+from ..bundle.graphs import FP32_OPS  # the op families fp16 graphs and engines keep in fp32
+
 INT8_OPS = ("MatMul", "Gemm")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..bundle.preprocess import DEFAULT, Preprocess
 from ..windows import encoder_batch
 
 PROBE_SEED = 1234
@@ -41,8 +42,9 @@ def probe_frame(k: int, size: tuple[int, int] = PROBE_SIZE, seed: int = PROBE_SE
     return img
 
 
-def probe_batch(n_frames: int = 2) -> np.ndarray:
-    """[n_frames * 50, 3, 224, 224] float32: full frame + 49 scale-A windows of each probe frame."""
+def probe_batch(n_frames: int = 2, pre: Preprocess = DEFAULT) -> np.ndarray:
+    """[n_frames * 50, 3, 224, 224] float32: full frame + 49 scale-A windows of each probe frame, made as `pre`
+    (the bundle's preprocessing) prescribes."""
     if n_frames < 1:
         raise ValueError("the probe needs at least one frame")
-    return np.concatenate([encoder_batch(probe_frame(k)) for k in range(n_frames)], axis=0)
+    return np.concatenate([encoder_batch(probe_frame(k), pre=pre) for k in range(n_frames)], axis=0)

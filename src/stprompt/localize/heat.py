@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..clip.constants import IMAGE_SIZE
-from ..windows import SCALE_A, SCALE_B, WindowScale
+from ..windows import IMAGE_SIZE, SCALE_A, SCALE_B, WindowScale
 
 TAU_LOC = 0.01
 FUSION_LAMBDA = 0.5
@@ -66,14 +65,14 @@ class LocalizeSettings:
 
     @classmethod
     def from_thresholds(
-        cls, thresholds: dict, heat_threshold: float | None = None, min_box_area: float | None = None
+        cls, thresholds, heat_threshold: float | None = None, min_box_area: float | None = None
     ) -> LocalizeSettings:
-        """Settings from a bundle manifest's `thresholds`, with optional overrides."""
+        """Settings from a bundle's `Thresholds` (stprompt.bundle.manifest), with optional overrides."""
         return cls(
-            tau_loc=float(thresholds["tau_loc"]),
-            fusion_lambda=float(thresholds["fusion_lambda"]),
-            heat_threshold=float(thresholds["heat"]) if heat_threshold is None else heat_threshold,
-            min_box_area=float(thresholds["min_box_area"]) if min_box_area is None else min_box_area,
+            tau_loc=thresholds.tau_loc,
+            fusion_lambda=thresholds.fusion_lambda,
+            heat_threshold=thresholds.heat if heat_threshold is None else heat_threshold,
+            min_box_area=thresholds.min_box_area if min_box_area is None else min_box_area,
         )
 
 
@@ -85,10 +84,11 @@ def frame_heat(
     width: int,
     height: int,
     settings: LocalizeSettings,
+    scales: tuple[WindowScale, WindowScale] = (SCALE_A, SCALE_B),
 ) -> np.ndarray:
     """Fused frame-sized heat map from a snippet's scale-A [7, 7, D] and scale-B [4, 4, D] features."""
-    map_a = place_on_grid(window_heat(x_patch, queries, abnormal, settings.tau_loc), SCALE_A)
+    map_a = place_on_grid(window_heat(x_patch, queries, abnormal, settings.tau_loc), scales[0])
     map_b = None
     if x_patch_b is not None:
-        map_b = place_on_grid(window_heat(x_patch_b, queries, abnormal, settings.tau_loc), SCALE_B)
+        map_b = place_on_grid(window_heat(x_patch_b, queries, abnormal, settings.tau_loc), scales[1])
     return to_frame(fuse(map_a, map_b, settings.fusion_lambda), width, height)

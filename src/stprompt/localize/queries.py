@@ -7,7 +7,6 @@ paraphrases from the bank; bank entries for classes the model does not have are 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from ..data.annotations import NORMAL, class_phrase
 from ..errors import UserError
+from ..fileio import read_json
 
 FORMAT = "stprompt-queries/1"
 NORMAL_TEMPLATE = "a picture of {}"
@@ -75,12 +75,7 @@ def load_bank(path: str | os.PathLike | None) -> QueryBank:
     if path is None:
         return default_bank()
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"query file not found: {p}")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{p} is not valid JSON: {err}") from None
+    doc = read_json(p, "query file")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UserError(f"{p}: 'format' must be {FORMAT!r}")
     normal, abnormal = doc.get("normal"), doc.get("abnormal")

@@ -91,6 +91,7 @@ def run_check(args, backend, manifest) -> int:
     import numpy as np
 
     from .. import windows
+    from ..sampling import is_sampled
     from .backends import open_backend, parity
     from .sources import open_source
 
@@ -99,14 +100,14 @@ def run_check(args, backend, manifest) -> int:
     crops = []
     try:
         while len(crops) < args.check_frames and (frame := src.read()) is not None:
-            if frame.index % manifest.stride == manifest.offset:
-                crops.append(windows.encoder_batch(frame.image))
+            if is_sampled(frame.index, manifest.stride, manifest.offset):
+                crops.append(windows.encoder_batch(frame.image, pre=manifest.preprocess))
     finally:
         src.close()
     if not crops:
         raise UserError(f"{args.sources[0]}: no sampled frame to compare (shorter than one stride)")
     images = np.concatenate(crops)
-    emb = other.encode(images).reshape(len(crops), windows.crops_per_frame(), -1)
+    emb = other.encode(images).reshape(len(crops), windows.crops_per_frame(pre=manifest.preprocess), -1)
     report = parity(backend, other, images, np.ascontiguousarray(emb[:, 0]), np.ascontiguousarray(emb[:, 1:]))
     print(json.dumps(report, indent=1))
     return 0
@@ -157,6 +158,7 @@ def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: stop cleanly
 @cli_entry("stp-run")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..sampling import is_sampled
     from .backends import open_backend
     from .detector import Detector
     from .sinks import EventWriter, Status, VideoSink
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     chunk.append((src.id, frame))
                     read += 1
-                    sampled += 1 if frame.index % manifest.stride == manifest.offset else 0
+                    sampled += 1 if is_sampled(frame.index, manifest.stride, manifest.offset) else 0
             if chunk:
                 events.write(detector.process(chunk))
             drops = sum(int(s.stats.get("dropped", 0)) for s in sources)

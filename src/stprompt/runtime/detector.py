@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels, windows
+from .. import kernels, sampling, windows
+from ..bundle.manifest import Thresholds
 from ..errors import UserError
 from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
@@ -42,10 +43,10 @@ class AlarmSettings:
 
     @classmethod
     def from_thresholds(
-        cls, thresholds: dict, on: float | None = None, off: float | None = None, min_snippets: int = 1
+        cls, thresholds: Thresholds, on: float | None = None, off: float | None = None, min_snippets: int = 1
     ) -> AlarmSettings:
         """A bundle's alarm threshold as `on` and min(0.4, on) as `off`, unless given."""
-        on = float(thresholds["alarm"]) if on is None else on
+        on = thresholds.alarm if on is None else on
         return cls(on=on, off=min(0.4, on) if off is None else off, min_snippets=min_snippets)
 
     def __post_init__(self) -> None:
@@ -107,17 +108,20 @@ class Detector:
         self.manifest = manifest
         self.stride, self.offset = int(manifest.stride), int(manifest.offset)
         self.classes = list(manifest.classes)
-        self.context = int(manifest.head["exact_lookahead"])
+        self.preprocess = manifest.preprocess  # crops are made as the bundle prescribes (mean / std, windows)
+        self.scale_a, self.scale_b = windows.scales(self.preprocess)
+        self.head_settings = manifest.head_settings
+        self.context = self.head_settings.exact_lookahead
         # SA2 as a Numba kernel feeding the head after SA2 (x_clip, x_AS: 49x less head input) when the bundle
         # has that graph; older bundles run SA2 inside the head graph on x_patch windows
-        self.sa2_kernel = bool(manifest.has("head_features") and manifest.head.get("use_sa2", True))
+        self.sa2_kernel = manifest.streams_sa2_kernel
         self.lookahead = self.context if lookahead is None else int(lookahead)
         if self.lookahead < 0:
             raise UserError("--lookahead must be >= 0")
         self.alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
         self.localize = localize or LocalizeSettings.from_thresholds(manifest.thresholds)
         self.queries, self.abnormal, _ = manifest.load_queries()
-        self.max_batch = max(windows.crops_per_frame(), int(max_batch))
+        self.max_batch = max(windows.crops_per_frame(pre=self.preprocess), int(max_batch))
         self.on_snippet = on_snippet
         self.gate = WindowGate(gate, per_source=gate_per_source)
         self._buffer: np.ndarray | None = None  # encoder batch, grown to the largest call and reused
@@ -132,7 +136,7 @@ class Detector:
         smalls = [windows.resize_frame(f.image) for _, f in sampled]
         masks = [self.gate.select(sid, small) for (sid, _), small in zip(sampled, smalls, strict=True)]
         self.stats["gated_crops"] = self.gate.stats["skipped"]
-        if getattr(self.backend, "gpu_preprocessing", False):
+        if self.backend.gpu_preprocessing:
             embeddings = self._encode_on_device(smalls, masks)
         else:
             embeddings = self._encode(self._batch(smalls, masks), len(smalls))
@@ -179,13 +183,13 @@ class Detector:
         state = self._state(sid)
         if index < state.next_sample:
             return False
-        state.next_sample = ((index - self.offset) // self.stride + 1) * self.stride + self.offset
+        state.next_sample = sampling.next_sampled(index, self.stride, self.offset)
         return True
 
     def _state(self, sid: str) -> StreamState:
         if sid not in self.streams:
             if self.sa2_kernel:
-                k = int(self.manifest.head.get("topk_windows", 12))
+                k = self.head_settings.topk_windows
                 head = StreamingFeatureHead(
                     self.backend.head_features, self.backend.dim, self.context - 1, self.lookahead, sa2_step, k
                 )
@@ -202,24 +206,25 @@ class Detector:
         """
         total = sum(1 + int(m.sum()) for m in masks)
         if self._buffer is None or len(self._buffer) < total:
-            self._buffer = np.empty((max(total, windows.crops_per_frame()), 3, 224, 224), np.float32)
+            size = self.preprocess.size
+            rows = max(total, windows.crops_per_frame(pre=self.preprocess))
+            self._buffer = np.empty((rows, 3, size, size), np.float32)
         start = 0
         for small, mask in zip(smalls, masks, strict=True):
-            start += windows.fill_encoder_batch(small, self._buffer[start:], mask)
+            start += windows.fill_encoder_batch(small, self._buffer[start:], mask, pre=self.preprocess)
         return self._buffer[:total]
 
     def _count(self, crops: int, sampled: int = 0) -> None:
-        """Encoder work for the status line and stp-bench: crops, calls (of at most max_batch), sampled frames."""
+        """Encoder work for the status line and stp-bench: crops, calls (of at most the backend's max batch),
+        sampled frames. The backend splits a batch at its own limit (`backends.base.split_batches`)."""
+        limit = min(self.max_batch, self.backend.max_batch or self.max_batch)
         self.stats["crops"] += crops
-        self.stats["encoder_calls"] += -(-crops // self.max_batch)
+        self.stats["encoder_calls"] += -(-crops // limit)
         self.stats["sampled"] += sampled
 
     def _encode(self, images: np.ndarray, sampled: int) -> np.ndarray:
         self._count(len(images), sampled)
-        if not len(images):
-            return np.zeros((0, self.backend.dim), np.float32)
-        outs = [self.backend.encode(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
-        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+        return self.backend.encode(images)
 
     def _encode_on_device(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
         """Backends that cut windows on their device get the 224x224 uint8 frames (GPU preprocessing)."""
@@ -229,7 +234,7 @@ class Detector:
     def _complete(self, sid: str, state: StreamState, force: bool = False) -> list[dict[str, Any]]:
         """Push the waiting snippet once all of its stride frames have arrived."""
         w = state.waiting
-        last_of_snippet = ((w.frame_index - self.offset) // self.stride + 1) * self.stride - 1 if w else 0
+        last_of_snippet = sampling.snippet_last_frame(w.frame_index, self.stride, self.offset) if w else 0
         if w is None or (not force and state.last_frame < last_of_snippet):
             return []
         state.waiting = None
@@ -289,14 +294,15 @@ class Detector:
 
     def _locate(self, s: Sampled) -> tuple[np.ndarray, np.ndarray]:
         """Scale-B windows of the snippet's frame, the fused heat map and its boxes (source pixels)."""
-        crops_b = np.empty((windows.SCALE_B.count, 3, 224, 224), np.float32)
-        windows.fill_windows(s.small, windows.SCALE_B, crops_b)
+        size = self.preprocess.size
+        crops_b = np.empty((self.scale_b.count, 3, size, size), np.float32)
+        windows.fill_windows(s.small, self.scale_b, crops_b, pre=self.preprocess)
         x_patch_b = self._encode_extra(crops_b)
         h, w = s.image.shape[:2]
-        g_a, g_b = windows.SCALE_A.grid, windows.SCALE_B.grid
+        g_a, g_b = self.scale_a.grid, self.scale_b.grid
         heat = frame_heat(
             s.x_patch.reshape(g_a, g_a, -1), x_patch_b.reshape(g_b, g_b, -1), self.queries, self.abnormal, w, h,
-            self.localize,
+            self.localize, (self.scale_a, self.scale_b),
         )  # fmt: skip
         min_area = max(1, int(np.ceil(self.localize.min_box_area * w * h)))
         return heat, extract_boxes(heat, self.localize.heat_threshold, min_area)

@@ -1,9 +1,9 @@
 """TensorRT 10 engines for a bundle, built on the target device and cached by a key that names what made them.
 
 Plans are tied to the TensorRT version and the GPU, so bundles ship ONNX + manifest and engines are built
-where they run (`stp-build model.json`, or `stp-export --trt` on the target). An engine is reused only if
-its cache key - sha256 of (ONNX sha256, TensorRT version, compute capability, precision, profiles) - equals
-the key recorded in the manifest and the plan's own sha256 matches; anything else is rebuilt, never loaded.
+where they run (`stp-build model.json`, or `stp-export --trt` on the target). Which engines a bundle gets, their
+profiles and cache keys are the bundle room's (`stprompt.bundle.engine_keys`): a plan is reused only when its key
+and sha256 match the manifest's record; anything else is rebuilt, never loaded.
 
 FP16 engines are built from the fp32 ONNX with normalisation, softmax and reduction layers constrained to
 fp32 and the constraints obeyed (ViT LayerNorm overflows in fp16). The temporal head is always an fp32
@@ -14,91 +14,32 @@ Torch-free; `tensorrt` (and cuda-python, for the compute capability) are importe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bundle.engine_keys import (
+    BuildSettings,
+    InputProfile,
+    engine_cache_key,
+    engine_jobs,
+    engine_path,
+    plan_is_current,
+)
+from ..bundle.graphs import FP32_OPS
+from ..bundle.hashing import sha256_file
+from ..bundle.manifest import Manifest, load_manifest, write_manifest
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
-from .manifest import ENGINE_SUFFIXES, Manifest, load_manifest, sha256_file, write_manifest
-from .precision import FP32_OPS
 
 TRT_MISSING = (
     'TensorRT is not installed: pip install "stprompt[trt]" (x86_64, CUDA 12) or, on Jetson, '
     "use JetPack 6's TensorRT (python3-libnvinfer)"
 )
-DEFAULT_MAX_BATCH = 256  # crops per encoder call at most (5 sampled frames of 50 crops + scale-B windows)
-DEFAULT_OPT_BATCH = 50  # 1 frame + 49 scale-A windows: one sampled frame per call is the common case
-DEFAULT_WORKSPACE_GB = 4.0
-HISTORY = 256  # snippets of past context the default head window holds beyond the exact receptive field
-
-
-def default_max_window(exact_lookahead: int) -> int:
-    """256 snippets plus the head's exact receptive field on both sides (past context and lookahead)."""
-    return HISTORY + 2 * exact_lookahead
-
-
-def default_opt_window(exact_lookahead: int, max_window: int) -> int:
-    """A streaming window: one snippet with its exact receptive field on both sides (83 at SPEC defaults)."""
-    return max(1, min(max_window, 2 * exact_lookahead + 1))
-
-
-@dataclass(frozen=True)
-class InputProfile:
-    """min / opt / max shape of one engine input (one optimization profile holds one per input)."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-
-def encoder_profiles(max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int = DEFAULT_OPT_BATCH) -> list[InputProfile]:
-    """images [N, 3, 224, 224], N from 1 to max_batch, tuned for opt_batch (crops per sampled frame)."""
-    if not 1 <= opt_batch <= max_batch:
-        raise UserError(f"need 1 <= opt batch ({opt_batch}) <= --max-batch ({max_batch})")
-    img = (3, 224, 224)
-    return [InputProfile("images", (1, *img), (opt_batch, *img), (max_batch, *img))]
-
-
-def head_profiles(dim: int, max_window: int, opt_window: int) -> list[InputProfile]:
-    """x_clip [T, D] and x_patch [T, 49, D], T from 1 to max_window, tuned for opt_window."""
-    if not 1 <= opt_window <= max_window:
-        raise UserError(f"need 1 <= opt window ({opt_window}) <= --max-window ({max_window})")
-    return [
-        InputProfile("x_clip", (1, dim), (opt_window, dim), (max_window, dim)),
-        InputProfile("x_patch", (1, 49, dim), (opt_window, 49, dim), (max_window, 49, dim)),
-    ]
-
-
-def head_features_profiles(dim: int, max_window: int, opt_window: int) -> list[InputProfile]:
-    """x_clip [T, D] and x_as [T, D] of the head after SA2, T from 1 to max_window."""
-    x_clip = head_profiles(dim, max_window, opt_window)[0]
-    return [x_clip, InputProfile("x_as", x_clip.min, x_clip.opt, x_clip.max)]
-
-
-def engine_cache_key(
-    onnx_sha256: str, trt_version: str, compute_capability: str, precision: str, profiles: Sequence[InputProfile]
-) -> str:
-    """sha256 over everything that makes a plan valid: change any input and the cached plan is rebuilt."""
-    payload = {
-        "onnx_sha256": onnx_sha256,
-        "tensorrt": trt_version,
-        "compute_capability": compute_capability,
-        "precision": precision,
-        "profiles": [p.to_dict() for p in profiles],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _shapes(profiles: Sequence[InputProfile], which: str) -> str:
@@ -278,89 +219,6 @@ def build_engine(
     return pinned
 
 
-@dataclass(frozen=True)
-class BuildSettings:
-    max_batch: int
-    opt_batch: int
-    max_window: int
-    opt_window: int
-    workspace_gb: float
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, **overrides: Any) -> BuildSettings:
-        """The export-time settings in `manifest['build']`, with any non-None override applied."""
-        lookahead = int(manifest.head.get("exact_lookahead", 0))
-        b = manifest.build
-        values = {
-            "max_batch": b.get("max_batch", DEFAULT_MAX_BATCH),
-            "opt_batch": b.get("opt_batch", DEFAULT_OPT_BATCH),
-            "max_window": b.get("max_window", default_max_window(lookahead)),
-            "opt_window": b.get("opt_window"),
-            "workspace_gb": b.get("workspace_gb", DEFAULT_WORKSPACE_GB),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if overrides.get("max_window") is not None and overrides.get("opt_window") is None:
-            values["opt_window"] = None
-        if values["opt_window"] is None:
-            values["opt_window"] = default_opt_window(lookahead, values["max_window"])
-        values["opt_window"] = min(values["opt_window"], values["max_window"])
-        values["opt_batch"] = min(values["opt_batch"], values["max_batch"])
-        if values["max_batch"] < 1 or values["max_window"] < 1 or values["workspace_gb"] <= 0:
-            raise UserError("need --max-batch >= 1, --max-window >= 1 and --workspace-gb > 0")
-        return cls(
-            max_batch=int(values["max_batch"]),
-            opt_batch=int(values["opt_batch"]),
-            max_window=int(values["max_window"]),
-            opt_window=int(values["opt_window"]),
-            workspace_gb=float(values["workspace_gb"]),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "max_batch": self.max_batch,
-            "opt_batch": self.opt_batch,
-            "max_window": self.max_window,
-            "opt_window": self.opt_window,
-            "workspace_gb": self.workspace_gb,
-        }
-
-
-def engine_jobs(manifest: Manifest, settings: BuildSettings) -> list[tuple[str, str, list[InputProfile]]]:
-    """(role, precision, profiles) of each engine of a bundle: the encoder at the bundle's precision, the head fp32."""
-    return [
-        (
-            "encoder",
-            manifest.precision.get("encoder", "fp32"),
-            encoder_profiles(settings.max_batch, settings.opt_batch),
-        ),
-        ("head", "fp32", head_profiles(manifest.dim, settings.max_window, settings.opt_window)),
-    ] + (
-        [("head_features", "fp32", head_features_profiles(manifest.dim, settings.max_window, settings.opt_window))]
-        if manifest.has("head_features")
-        else []
-    )
-
-
-def expected_key(manifest: Manifest, role: str, trt_version: str, compute_capability: str,
-                 settings: BuildSettings | None = None) -> str:  # fmt: skip
-    """The cache key a plan for `role` must carry on this TensorRT version and GPU (runtime check)."""
-    settings = settings or BuildSettings.from_manifest(manifest)
-    for job_role, precision, profiles in engine_jobs(manifest, settings):
-        if job_role == role:
-            onnx_sha = manifest.raw["files"][role]["sha256"]
-            return engine_cache_key(onnx_sha, trt_version, compute_capability, precision, profiles)
-    raise UserError(f"no engine role {role!r} (encoder, head, head_features)")
-
-
-def plan_is_current(manifest: Manifest, role: str, key: str) -> bool:
-    """True only if the manifest records `key` for this plan and the plan file's sha256 is the recorded one."""
-    record = manifest.engines.get(role)
-    if not record or record.get("key") != key:
-        return False
-    plan = manifest.root / record.get("path", "")
-    return plan.is_file() and sha256_file(plan) == record.get("sha256")
-
-
 def build_bundle_engines(
     manifest_file: str | os.PathLike,
     force: bool = False,
@@ -377,7 +235,7 @@ def build_bundle_engines(
     engines = manifest.engines
     for role, precision, profiles in engine_jobs(manifest, settings):
         key = engine_cache_key(manifest.raw["files"][role]["sha256"], version, cc, precision, profiles)
-        plan = manifest.stem.with_name(manifest.stem.name + ENGINE_SUFFIXES[role])
+        plan = engine_path(manifest, role)
         if not force and plan_is_current(manifest, role, key):
             log(f"stp-build: {plan.name} is current (key {key[:12]}), not rebuilt")
             continue

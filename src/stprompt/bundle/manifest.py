@@ -7,15 +7,15 @@ truncated or are missing, naming the file, because a silently swapped graph give
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
+from .hashing import sha256_file
+from .preprocess import Preprocess
 
 FORMAT = "stprompt-bundle/1"
 SUFFIX = ".json"
@@ -53,20 +53,6 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_entry(path: str | os.PathLike) -> dict[str, Any]:
-    """The `files` record of one bundle file: its name relative to the manifest, sha256 and size."""
-    p = Path(path)
-    return {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
-
-
 def manifest_path(stem_or_path: str | os.PathLike) -> Path:
     """`out/model`, `out/model.json` -> `out/model.json`."""
     p = Path(stem_or_path)
@@ -77,6 +63,50 @@ def bundle_stem(path: str | os.PathLike) -> Path:
     """`out/model.json` or `out/model` -> `out/model` (the prefix every bundle file name starts with)."""
     p = Path(path)
     return p.with_name(p.name[: -len(SUFFIX)]) if p.name.endswith(SUFFIX) else p
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The manifest's `thresholds`: the alarm score and the localization settings chosen at export."""
+
+    alarm: float  # snippet score that raises an alarm
+    heat: float  # heat above which pixels form boxes
+    min_box_area: float  # smallest box, fraction of the frame
+    tau_loc: float  # softmax temperature over the localization queries
+    fusion_lambda: float  # weight of scale A in the fused heat map
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Thresholds:
+        return cls(**{name: float(doc[name]) for name in THRESHOLD_FIELDS})
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+THRESHOLD_FIELDS = ("alarm", "heat", "min_box_area", "tau_loc", "fusion_lambda")
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """What the runtime needs to know of the exported head (the full HeadConfig stays in `raw["head"]`)."""
+
+    dim: int
+    n_classes: int
+    exact_lookahead: int  # future snippets a stream waits for to reproduce offline scores (SPEC.md)
+    radius: int  # the distance attention's band radius R
+    topk_windows: int  # SA2's K
+    use_sa2: bool
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> HeadSettings:
+        return cls(
+            dim=int(doc["dim"]),
+            n_classes=int(doc["n_classes"]),
+            exact_lookahead=int(doc.get("exact_lookahead", 0)),
+            radius=int(doc.get("radius", 0)),
+            topk_windows=int(doc.get("topk_windows", 12)),
+            use_sa2=bool(doc.get("use_sa2", True)),
+        )
 
 
 @dataclass(frozen=True)
@@ -119,12 +149,27 @@ class Manifest:
         return int(self.raw["sampling"]["offset"])
 
     @property
-    def thresholds(self) -> dict[str, float]:
-        return dict(self.raw["thresholds"])
+    def preprocess(self) -> Preprocess:
+        """How frames become encoder input for this bundle (checked: a field the runtime cannot honour is refused)."""
+        return Preprocess.from_manifest(self.raw, self.path.name)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds.from_dict(self.raw["thresholds"])
 
     @property
     def head(self) -> dict[str, Any]:
+        """The exported head's full settings (HeadConfig fields, radius, exact_lookahead, graph I/O)."""
         return dict(self.raw["head"])
+
+    @property
+    def head_settings(self) -> HeadSettings:
+        return HeadSettings.from_dict(self.raw["head"])
+
+    @property
+    def streams_sa2_kernel(self) -> bool:
+        """True when the runtime runs SA2 as a kernel and feeds the head after SA2 (x_clip, x_as)."""
+        return self.has("head_features") and self.head_settings.use_sa2
 
     @property
     def precision(self) -> dict[str, Any]:
@@ -192,7 +237,7 @@ def _check_fields(doc: Any, name: str) -> None:
         raise UserError(f"{name}: 'queries' needs 'texts' and 0 < 'n_normal' < len(texts)")
     if doc["head"].get("dim") != doc["dim"] or doc["head"].get("n_classes") != len(classes):
         raise UserError(f"{name}: 'head' settings do not match 'dim' / 'classes'")
-    for key in ("alarm", "heat", "min_box_area", "tau_loc", "fusion_lambda"):
+    for key in THRESHOLD_FIELDS:
         if not isinstance(doc["thresholds"].get(key), (int, float)):
             raise UserError(f"{name}: 'thresholds' needs a number {key!r}")
     for role in REQUIRED_ROLES:
@@ -223,12 +268,7 @@ def verify_files(doc: dict[str, Any], root: Path) -> None:
 def load_manifest(path: str | os.PathLike, verify: bool = True) -> Manifest:
     """Read and validate `model.json` (or the stem `model`); with `verify`, check every file's sha256."""
     p = manifest_path(path)
-    if not p.is_file():
-        raise UserError(f"bundle manifest not found: {p}")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{p.name}: not valid JSON ({err})") from None
+    doc = read_json(p, "bundle manifest")
     _check_fields(doc, p.name)
     if verify:
         verify_files(doc, p.parent)

@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry("stp-build")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .manifest import load_manifest
-    from .trt_build import build_bundle_engines, require_tensorrt
+    from ..bundle.manifest import load_manifest
+    from .tensorrt import build_bundle_engines, require_tensorrt
 
     load_manifest(args.manifest)  # a missing or tampered bundle is reported before TensorRT is looked for
     require_tensorrt()

@@ -1,0 +1,56 @@
+"""ONNX Runtime: the chosen encoder graph (fp32, fp16 or int8) and the bundle's fp32 head graphs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ...bundle.graphs import X_AS, X_PATCH
+from ...bundle.manifest import Manifest
+from ...bundle.ort import CPU, ort_session, require_ort, resolve_providers, run_encoder, run_head
+from ...errors import UserError
+from .base import BackendBase, as_float32, check_features_inputs, check_head_inputs
+
+
+class OrtBackend(BackendBase):
+    """Sessions on the requested execution providers; the heads never on TensorRT's EP (T changes every call)."""
+
+    def __init__(self, encoder: Path, manifest: Manifest, role: str, providers: Sequence[str] | None,
+                 max_batch: int | None):  # fmt: skip
+        ort = require_ort()
+        self.manifest, self.path = manifest, encoder
+        self.dim, self.max_batch = manifest.dim, max_batch
+        self.preprocess = manifest.preprocess
+        self.providers = resolve_providers(providers, ort.get_available_providers())
+        self._encoder = ort_session(encoder, self.providers, fp16=role == "encoder_fp16")
+        active = self._encoder.get_providers()
+        if self.providers[0] not in active:
+            raise UserError(
+                f"ONNX Runtime could not start {self.providers[0]} for {encoder.name} and fell back to "
+                f"{', '.join(active)} (missing CUDA / cuDNN / TensorRT libraries?)"
+            )
+        # the head's T changes every call: TensorRT EP would rebuild an engine per new length, so it runs elsewhere
+        head_providers = [p for p in self.providers if p != "TensorrtExecutionProvider"] or [CPU]
+        self._head = ort_session(manifest.file("head"), head_providers)
+        self._head_features = (
+            ort_session(manifest.file("head_features"), head_providers) if manifest.has("head_features") else None
+        )
+        self.name = f"onnxruntime[{','.join(active)}]"
+
+    def _encode_batch(self, images: np.ndarray) -> np.ndarray:
+        return run_encoder(self._encoder, images, batch=len(images))
+
+    def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
+        x_clip, x_patch = check_head_inputs(x_clip, x_patch, self.dim)
+        return as_float32(run_head(self._head, x_clip, x_patch, X_PATCH))
+
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        if self._head_features is None:
+            return None
+        x_clip, x_as = check_features_inputs(x_clip, x_as, self.dim)
+        return as_float32(run_head(self._head_features, x_clip, x_as, X_AS))
+
+    def close(self) -> None:
+        self._encoder = self._head = self._head_features = None

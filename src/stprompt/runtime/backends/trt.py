@@ -1,0 +1,124 @@
+"""TensorRT plans built on this device by stp-build: the encoder plan given and the manifest's head plans.
+
+Named-tensor I/O (`set_input_shape`, `set_tensor_address`, `execute_async_v3`), device buffers allocated once at
+each profile's max shapes. A plan whose cache key or sha256 does not match the manifest is refused, never run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...bundle.engine_keys import expected_key, plan_is_current
+from ...bundle.graphs import ENCODER_INPUT, ENCODER_OUTPUT, X_AS, X_CLIP, X_PATCH
+from ...bundle.manifest import Manifest
+from ...engines.tensorrt import gpu_compute_capability, require_tensorrt
+from ...errors import UserError
+from .base import BackendBase, as_float32, check_features_inputs, check_head_inputs
+from .cuda_memory import cuda_memory
+
+
+class _TrtEngine:
+    """One deserialized plan: named I/O tensors, device buffers allocated once at the profile's max shapes."""
+
+    def __init__(self, trt, runtime, path: Path, mem):
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise UserError(f"{path.name}: TensorRT cannot deserialize this plan (see its log); rebuild: stp-build")
+        self.path, self.engine, self.mem = path, engine, mem
+        self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self.max_shapes = {n: tuple(int(d) for d in engine.get_tensor_profile_shape(n, 0)[2]) for n in self.inputs}
+        for n, shape in self.max_shapes.items():
+            self.context.set_input_shape(n, shape)
+        shapes = dict(self.max_shapes)
+        shapes.update({n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs})
+        self.buffers: dict[str, int] = {}
+        for n in names:
+            self.buffers[n] = mem.malloc(int(np.prod(shapes[n])) * self.dtypes[n].itemsize)
+            self.context.set_tensor_address(n, self.buffers[n])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.mem.active():
+            hosts = []
+            for n in self.inputs:
+                arr = np.ascontiguousarray(feeds[n], dtype=self.dtypes[n])
+                if len(arr.shape) != len(self.max_shapes[n]) or any(
+                    a > m for a, m in zip(arr.shape, self.max_shapes[n], strict=True)
+                ):
+                    raise UserError(
+                        f"{self.path.name}: input {n} {list(arr.shape)} exceeds the engine's profile max "
+                        f"{list(self.max_shapes[n])} (rebuild with stp-build --max-batch / --max-window)"
+                    )
+                self.context.set_input_shape(n, arr.shape)
+                self.mem.h2d(self.buffers[n], arr)
+                hosts.append(arr)  # keep host memory alive until the stream is synchronized
+            outs = {n: np.empty(tuple(self.context.get_tensor_shape(n)), self.dtypes[n]) for n in self.outputs}
+            if not self.context.execute_async_v3(self.mem.handle):
+                raise RuntimeError(f"{self.path.name}: TensorRT execute_async_v3 failed")
+            for n, host in outs.items():
+                self.mem.d2h(host, self.buffers[n])
+            self.mem.sync()
+        return outs
+
+    def close(self) -> None:
+        with self.mem.active():
+            for ptr in self.buffers.values():
+                self.mem.free(ptr)
+        self.buffers.clear()
+        self.context = self.engine = None
+
+
+class TrtBackend(BackendBase):
+    """TensorRT 10 plans built on this device by stp-build: the encoder plan given and the manifest's head plan."""
+
+    def __init__(self, plan: Path, manifest: Manifest, max_batch: int | None):
+        trt = require_tensorrt()
+
+        version, cc = str(trt.__version__), gpu_compute_capability()
+        roles = ("encoder", "head") + (("head_features",) if manifest.has("head_features") else ())
+        for role in roles:
+            path = manifest.engine(role)
+            if path is None or not plan_is_current(manifest, role, expected_key(manifest, role, version, cc)):
+                raise UserError(
+                    f"{(path or plan).name} was not built for this bundle on TensorRT {version} / GPU sm {cc} "
+                    f"(stale or foreign plan); rebuild on this device: stp-build {manifest.path}"
+                )
+        self.manifest, self.path, self.dim, self.name = manifest, plan, manifest.dim, "tensorrt"
+        self.preprocess = manifest.preprocess
+        self._mem = cuda_memory()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._encoder = _TrtEngine(trt, self._runtime, plan, self._mem)
+        self._head = _TrtEngine(trt, self._runtime, manifest.engine("head"), self._mem)
+        self._head_features = (
+            _TrtEngine(trt, self._runtime, manifest.engine("head_features"), self._mem)
+            if "head_features" in roles
+            else None
+        )
+        limit = self._encoder.max_shapes[ENCODER_INPUT][0]
+        self.max_batch = min(max_batch or limit, limit)  # larger calls are split at the profile's max, not refused
+        self.max_window = self._head.max_shapes[X_CLIP][0]
+
+    def _encode_batch(self, images: np.ndarray) -> np.ndarray:
+        return self._encoder.run({ENCODER_INPUT: images})[ENCODER_OUTPUT]
+
+    def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
+        x_clip, x_patch = check_head_inputs(x_clip, x_patch, self.dim)
+        return as_float32(self._head.run({X_CLIP: x_clip, X_PATCH: x_patch}))
+
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        if self._head_features is None:
+            return None
+        x_clip, x_as = check_features_inputs(x_clip, x_as, self.dim)
+        return as_float32(self._head_features.run({X_CLIP: x_clip, X_AS: x_as}))
+
+    def close(self) -> None:
+        for engine in (self._encoder, self._head, self._head_features):
+            if engine is not None:
+                engine.close()
+        self._mem.close()
