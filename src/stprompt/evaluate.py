@@ -272,7 +272,13 @@ def plot_localization(
 
 @cli_entry("stp-eval")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    print(json.dumps(evaluate(build_parser().parse_args(argv)), indent=1))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """stp-eval's work for parsed options (`build_parser().parse_args(...)`): the metrics dict it prints, with the
+    predictions and plots written where the options say."""
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.ckpt)
@@ -299,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_predictions(preds, store.stride, Path(args.plots))
         if located:
             plot_localization(store, preds, located, queries, settings, args.plot_frames, Path(args.plots))
-    print(json.dumps(result, indent=1))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry("stp-extract")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return extract_dataset(build_parser().parse_args(argv))
+
+
+def extract_dataset(args: argparse.Namespace) -> int:
+    """stp-extract's work for parsed options (`build_parser().parse_args(...)`): returns the exit status,
+    1 when some videos could not be read (they are reported and skipped)."""
     if args.stride < 1:
         raise UserError(f"--stride must be at least 1, got {args.stride}")
     dataset = ann_mod.load(args.dataset)
