@@ -2,11 +2,12 @@
 user's stp-run arguments passed on unchanged, and an .onnx bundle served without torch.
 
 TensorRT is faked: the probe is monkeypatched to name a TensorRT version and GPU, and the real
-`engines.tensorrt.build_bundle_engines` (wrapped to count calls) drives the stand-in tensorrt module of test_export.
+`engines.tensorrt.build_bundle_engines` (wrapped to count calls) drives the shared stand-in (tests/fake_tensorrt.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_video
-from test_export import HAS_TRT, fake_tensorrt
+from fake_tensorrt import FakeCudart, fake_tensorrt, install_cuda, read_plan
 
 from stprompt import appliance
 from stprompt.bundle import engine_keys
@@ -25,6 +26,9 @@ from stprompt.bundle.hashing import sha256_file
 from stprompt.bundle.manifest import load_manifest
 from stprompt.engines import tensorrt as trt_build
 from stprompt.errors import UserError
+from stprompt.runtime.backends import trt as trt_backend  # noqa: F401 - imported now, not under the patches below
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 class Execed(Exception):
@@ -53,7 +57,7 @@ def trt(monkeypatch):
 
         def use(self, version: str) -> None:
             monkeypatch.setattr(appliance, "probe_tensorrt", lambda: appliance.TrtTarget(version, "8.7"))
-            monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version))
+            monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, FakeCudart("8.7")))
 
     fake = Fake()
     fake.builds = []
@@ -162,6 +166,30 @@ def test_first_start_builds_into_the_cache_and_leaves_the_bundle_alone(tiny_bund
         key = engine_keys.expected_key(staged, role, "10.3.0", "8.7")
         assert staged.engines[role]["key"] == key and engine_keys.plan_is_current(staged, role, key)
     assert (cache / "model.timing-trt10.3.0-sm87.cache").is_file()
+
+
+def test_the_engine_handed_to_stp_run_opens_with_the_staged_bundle(tiny_bundle, tmp_path, trt, monkeypatch):
+    """stp-run --engine CACHE/model.plan: the plan names the staged ONNX, the staged manifest verifies through the
+    symlinks, and the TensorRT backend runs the plans (fake TensorRT: ONNX Runtime) like the bundle's ONNX."""
+    import numpy as np
+
+    from stprompt.runtime.backends import open_backend, parity
+
+    cache = tmp_path / "cache"
+    decision = appliance.prepare_engine(tiny_bundle, cache, build_args=["--quiet", "--max-batch", "3",
+                                                                          "--max-window", "8"])  # fmt: skip
+    assert read_plan(decision.engine.read_bytes())["onnx"] == str(cache / "model.onnx")
+    install_cuda(monkeypatch, sys.modules["tensorrt"].cudart)  # the backend reads the GPU (sm 8.7) through it
+    backend, manifest = open_backend(decision.engine)
+    assert manifest.path == (cache / "model.json").resolve() and (backend.max_batch, backend.max_window) == (3, 8)
+    reference, _ = open_backend(tiny_bundle.with_name("model.onnx"))
+    rng = np.random.default_rng(1)
+    d = manifest.dim
+    images = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)
+    x_clip, x_patch = rng.standard_normal((5, d)).astype(np.float32), rng.standard_normal((5, 49, d)).astype(np.float32)
+    report = parity(backend, reference, images, x_clip, x_patch)
+    assert all(report[k]["max_abs"] == 0.0 for k in ("embeddings", "score", "score_c", "probs"))
+    backend.close()
 
 
 def test_matching_key_reuses_without_building_and_passes_arguments_unchanged(

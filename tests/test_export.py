@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from stprompt.export.trt_ops import check_graph
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 from conftest import CLASSES, make_checkpoint  # noqa: E402
+from fake_tensorrt import fake_tensorrt, read_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -363,117 +363,6 @@ def test_build_settings_and_plan_cache_check(bundle_copy):
     assert not plan_is_current(m, "encoder", key)
 
 
-class _FakeLayer:
-    def __init__(self, name, kind, op=None, dtype="float32"):
-        self.name, self.type, self.op, self.num_outputs, self.precision = name, kind, op, 1, None
-        self._dtype, self.output_types = dtype, {}
-
-    def get_output(self, j):
-        return type("T", (), {"dtype": self._dtype})()
-
-    def set_output_type(self, j, dtype):
-        self.output_types[j] = dtype
-
-
-def fake_tensorrt(version: str = "10.3.0"):
-    """Just enough of the TensorRT 10 Python API to drive `build_bundle_engines` without a GPU."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.float32, trt.float16, trt.int32 = "float32", "float16", "int32"
-    trt.LayerType = types.SimpleNamespace(
-        NORMALIZATION="norm", SOFTMAX="softmax", REDUCE="reduce", ELEMENTWISE="ew", UNARY="unary", MATRIX_MULTIPLY="mm"
-    )
-    trt.UnaryOperation = types.SimpleNamespace(SQRT="sqrt", EXP="exp", ERF="erf")
-    trt.ElementWiseOperation = types.SimpleNamespace(POW="pow", SUM="sum")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", TF32="tf32", OBEY_PRECISION_CONSTRAINTS="obey")
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.IElementWiseLayer = trt.IUnaryLayer = trt.INormalizationLayer = _FakeLayer
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-    trt.builds = []
-
-    class Network:
-        def __init__(self):
-            self.layers = [
-                _FakeLayer("ln", "norm"),
-                _FakeLayer("softmax", "softmax"),
-                _FakeLayer("matmul", "mm"),
-                _FakeLayer("pow", "ew", "pow"),
-                _FakeLayer("add", "ew", "sum"),
-                _FakeLayer("sqrt", "unary", "sqrt"),
-                _FakeLayer("gelu_erf", "unary", "erf"),
-                _FakeLayer("shape_sum", "reduce", dtype="int32"),
-            ]
-            self.num_layers = len(self.layers)
-
-        def get_layer(self, i):
-            return self.layers[i]
-
-    class Cache:
-        def __init__(self, data):
-            self.data = data
-
-        def serialize(self):
-            return self.data + b"+"
-
-    class Config:
-        def __init__(self):
-            self.flags, self.cleared, self.profiles, self.pool, self.cache = set(), set(), [], None, None
-
-        def set_memory_pool_limit(self, pool, size):
-            self.pool = (pool, size)
-
-        def set_flag(self, flag):
-            self.flags.add(flag)
-
-        def clear_flag(self, flag):
-            self.cleared.add(flag)
-
-        def add_optimization_profile(self, profile):
-            self.profiles.append(profile)
-
-        def create_timing_cache(self, data):
-            return Cache(bytes(data))
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Profile(dict):
-        def set_shape(self, name, lo, opt, hi):
-            self[name] = (tuple(lo), tuple(opt), tuple(hi))
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            trt.builds.append((network, config))
-            return f"plan {sorted(config.flags)} {dict(config.profiles[0])}".encode()
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            return os.path.isfile(path)
-
-    trt.Builder, trt.OnnxParser = Builder, OnnxParser
-    return trt
-
-
 def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, monkeypatch, capsys):
     from stprompt.engines import tensorrt as trt_build
 
@@ -488,6 +377,7 @@ def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, mo
     pinned = [layer.name for layer in enc_net.layers if layer.precision == "float32"]
     assert pinned == ["ln", "softmax", "pow", "sqrt"]  # not matmul/add/GELU, not integer shape math
     assert all(layer.output_types == {0: "float32"} for layer in enc_net.layers if layer.name in pinned)
+    assert enc_net.layers[0].compute_precision == "float32"  # LayerNorm statistics accumulate in fp32 as well
     assert enc_cfg.pool == ("workspace", 4 << 30) and enc_cfg.profiles[0]["images"][2] == (256, 3, 224, 224)
     assert head_cfg.profiles[0]["x_patch"] == ((1, 49, 64), (83, 49, 64), (338, 49, 64))
     assert features_cfg.profiles[0]["x_as"] == ((1, 64), (83, 64), (338, 64)) and features_cfg.flags == set()
@@ -495,6 +385,11 @@ def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, mo
         key = expected_key(m, role, "10.3.0", "8.7")
         assert m.engines[role]["key"] == key and plan_is_current(m, role, key)
     assert m.engine("encoder") == bundle_copy.with_name("model.plan") and m.engine("head").is_file()
+    plans = {role: read_plan(m.engine(role).read_bytes()) for role in m.engines}
+    assert plans["encoder"]["onnx"] == str(m.file("encoder"))  # the fp16 engine is built from the fp32 ONNX
+    assert plans["encoder"]["flags"] == ["fp16", "obey"] and plans["head"]["flags"] == []
+    assert plans["head"]["onnx"] == str(m.file("head"))
+    assert plans["head_features"]["profiles"]["x_clip"] == [[1, 64], [83, 64], [338, 64]]
     assert load_manifest(bundle_copy).engines == m.engines  # written to model.json, bundle still verifies
     cache = bundle_copy.with_name("model.timing-trt10.3.0-sm87.cache")
     assert cache.read_bytes() == b"+++"  # loaded by each later build, extended, saved again

@@ -21,6 +21,7 @@ from stprompt.errors import UserError
 from stprompt.runtime.backends import Backend, bundle_manifest_for, open_backend, parity
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+import fake_tensorrt  # noqa: E402
 from conftest import CLASSES  # noqa: E402
 
 
@@ -271,141 +272,15 @@ def test_tensorrt_backend_matches_onnx_runtime(bundle_copy, inputs):
     trt_backend.close()
 
 
-# --- TensorRT plumbing on CPU: fake tensorrt + cudart modules that run the bundle's ONNX graphs -----------------------
-
-
-class _FakeCudart:
-    """cuda.bindings.runtime stand-in: device memory is numpy buffers keyed by fake pointers."""
-
-    class cudaMemcpyKind:  # noqa: N801 - cuda-python's name
-        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
-
-    def __init__(self):
-        self.mem: dict[int, np.ndarray] = {}
-        self.next = 4096
-
-    def cudaSetDevice(self, d):  # noqa: N802
-        return (0,)
-
-    def cudaFree(self, p):  # noqa: N802
-        self.mem.pop(p, None)
-        return (0,)
-
-    def cudaMalloc(self, n):  # noqa: N802
-        p, self.next = self.next, self.next + n + 4096
-        self.mem[p] = np.zeros(n, np.uint8)
-        return 0, p
-
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
-        import ctypes
-
-        if kind == 1:
-            self.mem[dst][:n] = np.frombuffer((ctypes.c_uint8 * n).from_address(src), np.uint8)
-        else:
-            ctypes.memmove(dst, self.mem[src].ctypes.data, n)
-        return (0,)
-
-    def cudaStreamCreate(self):  # noqa: N802
-        return 0, 7
-
-    def cudaStreamSynchronize(self, s):  # noqa: N802
-        return (0,)
-
-    def cudaStreamDestroy(self, s):  # noqa: N802
-        return (0,)
-
-    def cudaGetDeviceProperties(self, d):  # noqa: N802
-        import types
-
-        return 0, types.SimpleNamespace(major=9, minor=0)
-
-
-def _fake_tensorrt(cudart: _FakeCudart):
-    """A `tensorrt` module whose plans are JSON {"onnx": graph, "max": {input: shape}} run by ONNX Runtime."""
-    import types
-
-    from stprompt.bundle.ort import ort_session
-
-    class Context:
-        def __init__(self, engine):
-            self.e, self.shapes, self.addr = engine, {}, {}
-
-        def set_input_shape(self, n, shape):
-            self.shapes[n] = tuple(shape)
-            if all(i in self.shapes for i in self.e.ins):
-                try:
-                    outs = self.e.sess.run(None, {i: np.zeros(self.shapes[i], np.float32) for i in self.e.ins})
-                except Exception:  # noqa: BLE001 - inputs not consistent yet (x_clip set, x_patch not)
-                    return
-                self.shapes.update({o: v.shape for o, v in zip(self.e.outs, outs, strict=True)})
-
-        def get_tensor_shape(self, n):
-            return self.shapes[n]
-
-        def set_tensor_address(self, n, p):
-            self.addr[n] = p
-
-        def execute_async_v3(self, stream):
-            feeds = {}
-            for i in self.e.ins:
-                feeds[i] = cudart.mem[self.addr[i]].view(np.float32)[: np.prod(self.shapes[i])].reshape(self.shapes[i])
-            outs = self.e.sess.run(None, feeds)
-            for o, v in zip(self.e.outs, outs, strict=True):
-                raw = np.ascontiguousarray(v, np.float32).view(np.uint8).ravel()
-                cudart.mem[self.addr[o]][: raw.size] = raw
-            return stream == 7
-
-    class Engine:
-        def __init__(self, spec):
-            self.sess, self.max = ort_session(spec["onnx"]), spec["max"]
-            self.ins = [i.name for i in self.sess.get_inputs()]
-            self.outs = [o.name for o in self.sess.get_outputs()]
-            self.num_io_tensors = len(self.ins) + len(self.outs)
-
-        def get_tensor_name(self, i):
-            return (self.ins + self.outs)[i]
-
-        def get_tensor_mode(self, n):
-            return 0 if n in self.ins else 1
-
-        def get_tensor_dtype(self, n):
-            return "float32"
-
-        def get_tensor_profile_shape(self, n, profile):
-            return [None, None, self.max[n]]
-
-        def create_execution_context(self):
-            return Context(self)
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            return Engine(json.loads(data))
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
-    trt.Logger = type("Logger", (), {"WARNING": 1, "__init__": lambda self, *a: None})
-    trt.TensorIOMode = types.SimpleNamespace(INPUT=0, OUTPUT=1)
-    trt.nptype = np.dtype
-    trt.Runtime = Runtime
-    return trt
+# --- TensorRT plumbing on CPU: the fake tensorrt + cudart of tests/fake_tensorrt.py run the bundle's ONNX graphs ---
 
 
 def test_tensorrt_backend_plumbing_with_fake_tensorrt(bundle_copy, inputs, ort_cpu, monkeypatch):
     """Buffers at profile max, named-tensor I/O, batch splitting, window limit, cache-key refusal, freeing."""
-    import types
-
     from stprompt.bundle.engine_keys import expected_key
 
-    cudart = _FakeCudart()
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = cudart
-    for name, module in {"cuda": types.ModuleType("cuda"), "cuda.bindings": bindings,
-                         "cuda.bindings.runtime": cudart, "tensorrt": _fake_tensorrt(cudart)}.items():  # fmt: skip
-        monkeypatch.setitem(sys.modules, name, module)
-    sys.modules["cuda"].bindings = bindings
+    trt = fake_tensorrt.install(monkeypatch, "10.3.0", compute_capability="9.0")
+    cudart = trt.cudart
     m = load_manifest(bundle_copy)
     write_manifest(bundle_copy, dict(m.raw, build=dict(m.raw["build"], max_batch=4, opt_batch=2, max_window=32,
                                                        opt_window=9)))  # fmt: skip
@@ -416,21 +291,59 @@ def test_tensorrt_backend_plumbing_with_fake_tensorrt(bundle_copy, inputs, ort_c
              ("head_features", "model.head_as.plan", {"x_clip": [32, d], "x_as": [32, d]})]  # fmt: skip
     for role, name, shapes in plans:
         plan = bundle_copy.with_name(name)
-        plan.write_text(json.dumps({"onnx": str(m.file(role)), "max": shapes}))
+        plan.write_bytes(fake_tensorrt.plan_bytes(m.file(role), shapes, "10.3.0"))
         engines[role] = {"path": name, "sha256": sha256_file(plan), "key": expected_key(m, role, "10.3.0", "9.0")}
     write_manifest(bundle_copy, dict(m.raw, engines=engines))
 
     backend, _ = open_backend(bundle_copy.with_name("model.plan"), max_batch=256)
     assert (backend.name, backend.max_batch, backend.max_window) == ("tensorrt", 4, 32)
+    c = len(CLASSES)
+    encoder, head, features = [4 * 3 * 224 * 224, 4 * d], [32 * d, 32 * 49 * d, 32, 32, 32 * c], [32 * d] * 2
+    features += [32, 32, 32 * c]  # x_clip, x_as; score, score_c, probs
+    sizes = sorted(buf.size for buf in cudart.mem.values())  # float32 buffers, allocated once at the profile max
+    assert sizes == sorted(4 * n for n in encoder + head + features)
     report = parity(backend, ort_cpu, *inputs)  # 5 crops -> calls of 4 and 1
     assert all(report[k]["max_abs"] == 0.0 for k in ("embeddings", "score", "score_c", "probs"))
+    assert [run["images"][0] for run in backend._encoder.context.runs] == [4, 1]
     with pytest.raises(UserError, match=r"x_clip \[33, .*exceeds the engine's profile max \[32"):
         backend.head(np.zeros((33, d), np.float32), np.zeros((33, 49, d), np.float32))
     backend.close()
-    assert cudart.mem == {}
+    assert cudart.mem == {} and cudart.streams == set()
     with pytest.raises(UserError, match=r"model\.head\.plan is the bundle's temporal head"):
         open_backend(bundle_copy.with_name("model.head.plan"))
     engines["head"]["key"] = "built-elsewhere"
     write_manifest(bundle_copy, dict(m.raw, engines=engines))
     with pytest.raises(UserError, match=r"model\.head\.plan was not built for this bundle .*stp-build"):
         open_backend(bundle_copy.with_name("model.plan"))
+
+
+def test_plans_built_by_stp_build_run_in_the_tensorrt_backend(bundle_copy, inputs, ort_cpu, monkeypatch):
+    """The whole chain on the fake: stp-build's builder writes the plans and keys, `open_backend(model.plan)` checks
+    and runs them; a TensorRT upgrade makes them stale (refused) until stp-build rebuilds them."""
+    from stprompt.engines import build_cli
+    from stprompt.engines.tensorrt import build_bundle_engines
+
+    trt = fake_tensorrt.install(monkeypatch, "10.3.0")
+    m = build_bundle_engines(bundle_copy, log=lambda _: None, max_batch=4, opt_batch=2, max_window=32, opt_window=9)
+    assert len(trt.builds) == 3 and m.engines["encoder"]["compute_capability"] == fake_tensorrt.COMPUTE_CAPABILITY
+    backend, manifest = open_backend(bundle_copy.with_name("model.plan"))
+    assert manifest.engines == m.engines and manifest.engine("encoder") == bundle_copy.with_name("model.plan")
+    assert (backend.name, backend.max_batch, backend.max_window) == ("tensorrt", 4, 32)
+    assert backend._encoder.engine.flags == ["fp16", "obey"] and backend._head.engine.flags == []
+    report = parity(backend, ort_cpu, *inputs)  # 5 crops: split into 4 + 1
+    assert all(report[k]["max_abs"] == 0.0 for k in ("embeddings", "score", "score_c", "probs"))
+    _, x_clip, x_patch = inputs
+    x_as = x_patch.mean(axis=1)
+    ours, ref = backend.head_features(x_clip, x_as), ort_cpu.head_features(x_clip, x_as)
+    assert all(np.array_equal(ours[k], ref[k]) for k in ("score", "score_c", "probs"))
+    backend.close()
+
+    trt = fake_tensorrt.install(monkeypatch, "10.7.0")  # a TensorRT upgrade on the device
+    with pytest.raises(UserError, match=r"model\.plan was not built for this bundle on TensorRT 10\.7\.0"):
+        open_backend(bundle_copy.with_name("model.plan"))
+    assert build_cli.main([str(bundle_copy), "--quiet"]) == 0 and len(trt.builds) == 3
+    backend, manifest = open_backend(bundle_copy.with_name("model.plan"))
+    assert manifest.engines["head"]["tensorrt"] == "10.7.0" and backend.max_batch == 4  # the bundle's settings kept
+    emb = backend.encode(inputs[0])
+    np.testing.assert_array_equal(emb, ort_cpu.encode(inputs[0]))
+    backend.close()

@@ -3,23 +3,25 @@
 synthetic dataset (stp-synth) -> features (stp-extract, stp-tiny random CLIP, with scale-B windows) ->
 training (stp-train) -> evaluation with localization (stp-eval --localize) -> bundle (stp-export) ->
 streaming run on a test video (stp-run: events + annotated video) -> OUT/summary.json.
-Each step is the same console verb a user runs, called in-process; a finished step is not redone when the
-demo is run again into the same folder (extraction resumes, the dataset is kept).
+Each step is the library function behind the console verb a user runs (with that verb's own defaults), called
+in-process; a finished step is not redone when the demo is run again into the same folder (extraction resumes,
+the dataset is kept).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .cliformat import HelpFormatter
 from .errors import UserError, cli_entry
 from .fileio import atomic_write_json
+
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,16 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _step(name: str, main, argv: list[str], capture_stdout: bool = False) -> str:
-    print(f"stp-demo: {name}: {' '.join(argv)}", file=sys.stderr)
+def _step(name: str, what: str, work: Callable[[], T]) -> T:
+    """Run one verb's library function with a progress line before and a timing line after."""
+    print(f"stp-demo: {name}: {what}", file=sys.stderr)
     t0 = time.perf_counter()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out) if capture_stdout else contextlib.nullcontext():
-        code = main(argv)
-    if code != 0:
-        raise UserError(f"step {name} failed (exit {code}); see the messages above")
+    result = work()
     print(f"stp-demo: {name} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return out.getvalue()
+    return result
 
 
 def _fmt(value: float | None) -> str:
@@ -59,48 +58,44 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import evaluate, extract, train
-    from .data import synth_cli
+    from .data import annotations as ann_mod
+    from .data.features import FeatureStore
+    from .data.synth import generate
+    from .export.bundle import export_bundle
+    from .export.options import ExportOptions
+    from .runtime.api import open_pipeline
 
     out = Path(args.out)
     data, feats, model = out / "data", out / "features", out / "model.pt"
     t0 = time.perf_counter()
     if not (data / "annotations.json").is_file():
-        _step(
-            "synth",
-            synth_cli.main,
-            [str(data), "--train", str(args.train), "--test", str(args.test), "--frames", str(args.frames),
-             "--seed", str(args.seed)],
-        )  # fmt: skip
-    _step(
-        "extract",
-        extract.main,
-        [str(data), "--out", str(feats), "--clip", args.clip, "--stride", str(args.stride), "--scale-b"],
+        _step("synth", f"{args.train} train + {args.test} test videos of {args.frames} frames -> {data}",
+              lambda: generate(data, n_train=args.train, n_test=args.test, n_frames=args.frames, seed=args.seed))
+    # each verb runs with its own parser's defaults (the SPEC defaults) plus what the demo sets
+    extract_args = extract.build_parser().parse_args(
+        [str(data), "--out", str(feats), "--clip", args.clip, "--stride", str(args.stride), "--scale-b"]
     )
-    _step(
-        "train", train.main, [str(feats), "--out", str(model), "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    if _step("extract", f"{args.clip} features, stride {args.stride} -> {feats}",
+             lambda: extract.extract_dataset(extract_args)) != 0:
+        raise UserError("some videos could not be extracted; see the messages above")
+    train_args = train.build_parser().parse_args(
+        [str(feats), "--out", str(model), "--epochs", str(args.epochs), "--seed", str(args.seed)]
     )
-    report = _step(
-        "eval",
-        evaluate.main,
+    _step("train", f"{args.epochs} epochs -> {model}", lambda: train.train(FeatureStore.open(feats), train_args))
+    eval_args = evaluate.build_parser().parse_args(
         [str(feats), "--ckpt", str(model), "--localize", "--predictions", str(out / "predictions.json"),
-         "--plots", str(out / "plots")],
-        capture_stdout=True,
+         "--plots", str(out / "plots")]
     )  # fmt: skip
-    metrics = json.loads(report)
-    from .export import cli as export_cli
-    from .runtime import cli as run_cli
-
+    metrics = _step("eval", "frame AUC, TIoU, plots", lambda: evaluate.evaluate(eval_args))
     stem = out / "bundle" / "model"
-    _step("export", export_cli.main, ["--ckpt", str(model), "--out", str(stem), "--quiet"])
-    annotations = json.loads((data / "annotations.json").read_text())
-    test_videos = [v for v in annotations["videos"] if v["split"] == "test"]
-    shown = next((v for v in test_videos if v["label"] != "normal"), test_videos[0])
-    _step(
-        "run",
-        run_cli.main,
-        [str(data / shown["path"]), "--engine", f"{stem}.onnx", "--events", str(out / "events.jsonl"),
-         "--video-out", str(out / "annotated.mp4"), "--quiet"],
-    )  # fmt: skip
+    _step("export", f"bundle -> {stem}.json",
+          lambda: export_bundle(model, stem, ExportOptions(), log=lambda _msg: None))  # fmt: skip
+    dataset = ann_mod.load(data)
+    test_videos = dataset.split("test")
+    shown = next((v for v in test_videos if v.is_anomalous), test_videos[0])
+    outputs = [str(out / "events.jsonl"), str(out / "annotated.mp4")]
+    _step("run", f"stp-run on {shown.path} -> {', '.join(outputs)}",
+          lambda: open_pipeline(f"{stem}.onnx", [str(dataset.video_path(shown))], outputs=outputs).run())
     summary = {
         "metrics": metrics,
         "clip": args.clip,
@@ -114,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "bundle": f"{stem}.json",
             "events": str(out / "events.jsonl"),
             "annotated_video": str(out / "annotated.mp4"),
-            "streamed_video": shown["path"],
+            "streamed_video": shown.path,
         },
         "note": "random CLIP weights carry no semantics: the numbers show the chain works, not what real CLIP reaches",
     }

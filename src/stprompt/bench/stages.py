@@ -3,14 +3,13 @@
 decode (one frame of a file), windows (resize + 1 + 49 crops + normalisation of one sampled frame), encode (one
 sampled frame's 50 crops in one backend call), SA2 (the two kernel calls a snippet costs in the stream), head (one
 head call over the window the stream scores a snippet with), localization (scale-B crops, their encoding, heat map
-and boxes of one alarm frame), sinks (one event line and one annotated frame written), end to end (the Detector on
-a video file, decode included), and the baseline (a researcher's loop: each crop resized alone and encoded alone
-with open_clip in PyTorch fp32).
+and boxes of one alarm frame), sinks (one event line and one annotated frame written), end to end (stp-run's
+Pipeline on a video file, decode included), and the baseline (a researcher's loop: each crop resized alone and
+encoded alone with open_clip in PyTorch fp32).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,11 @@ import numpy as np
 from .. import windows
 from ..kernels.sa2 import sa2_step
 from ..runtime.detector import AlarmSettings, Detector, Sampled, Snippet
-from ..runtime.sinks import VideoSink
+from ..runtime.frames import Frame
+from ..runtime.pipeline import Pipeline
+from ..runtime.sinks import JsonLinesSink, VideoSink
 from ..runtime.sources import VideoFileSource
+from ..sampling import is_sampled
 from .timing import Timing, measure
 
 NO_ALARMS = AlarmSettings(on=1.0, off=1.0, min_snippets=10**9)  # end to end without localization's extra crops
@@ -140,18 +142,18 @@ def time_sinks(manifest, frame: np.ndarray, out_dir: Path, **kw) -> Timing:
              "class": manifest.classes[-1], "probs": [0.3] + [0.7 / (len(manifest.classes) - 1)] * (
                  len(manifest.classes) - 1)}  # fmt: skip
     snippet = Snippet("bench", event, frame, heat, boxes)
-    sink = VideoSink(str(out_dir / "sinks.mp4"), 25.0, 0.5, list(manifest.classes), several=False)
-    with open(out_dir / "events.jsonl", "w", encoding="utf-8") as fh:
+    events = JsonLinesSink(str(out_dir / "events.jsonl"))
+    video = VideoSink(str(out_dir / "sinks.mp4"), 25.0, 0.5)
 
-        def one() -> None:
-            fh.write(json.dumps(event, separators=(",", ":")) + "\n")
-            fh.flush()
-            sink(snippet)
+    def one() -> None:
+        events.write([event])
+        video.snippet(snippet)
 
-        try:
-            return measure(one, "sinks", "-", "snippet", note="JSON line + annotated alarm frame (heat, boxes)", **kw)
-        finally:
-            sink.close()
+    try:
+        return measure(one, "sinks", "-", "snippet", note="JSON line + annotated alarm frame (heat, boxes)", **kw)
+    finally:
+        video.close()
+        events.close()
 
 
 class EncoderClock:
@@ -180,31 +182,37 @@ class EncoderClock:
 
 def run_end_to_end(backend, name: str, manifest, video: Path, n_frames: int,
                    gate: float = 0.0) -> tuple[Timing, dict[str, float]]:  # fmt: skip
-    """The Detector on a file, as stp-run drives it (decode included, alarms off); one sample per sampled frame.
+    """stp-run's Pipeline on a file (decode included, alarms off, no sinks); one sample per sampled frame.
 
-    A sample is the time from reading the first frame of a stride to having processed its last frame, i.e. what
-    one sampled frame costs the pipeline; the total gives the sustained sampled frames/s. Also returns the
-    Detector's counters (crops encoded, crops the gate skipped) and `encode_s`, the time spent inside the encoder
-    during this same run: its share of the total is the pipeline efficiency measured without a second run, so a
-    machine whose speed drifts between runs (shared CPUs) does not bias it.
+    The pipeline cuts a batch at each sampled frame here (one sampled frame per encoder call, the file's natural
+    unit), and a sample is the time from the end of the previous batch to the end of the batch that holds a
+    sampled frame: reading its frames, windows, encoding, SA2, head, i.e. what one sampled frame costs the pipeline;
+    the total gives the sustained sampled frames/s. Also returns the pipeline's counters (crops encoded, crops the
+    gate skipped, frames read) and `encode_s`, the time spent inside the encoder during this same run: its share of
+    the total is the pipeline efficiency measured without a second run, so a machine whose speed drifts between
+    runs (shared CPUs) does not bias it.
     """
     clock = EncoderClock(backend)
     detector = Detector(clock, manifest, alarm=NO_ALARMS, gate=gate)
-    src = VideoFileSource(video)
     samples: list[float] = []
+    last = [0.0]
+
+    def on_frame(source: str, frame: Frame) -> None:
+        if is_sampled(frame.index, manifest.stride, manifest.offset):
+            now = time.perf_counter()
+            samples.append(now - last[0])
+            last[0] = now
+
+    src = VideoFileSource(video, source_id="bench")
     try:
-        t0 = time.perf_counter()
-        while (frame := src.read()) is not None and frame.index < n_frames:
-            detector.process([("bench", frame)])
-            if frame.index % manifest.stride == manifest.stride - 1:
-                now = time.perf_counter()
-                samples.append(now - t0)
-                t0 = now
-        detector.finish("bench")
-    finally:
+        pipeline = Pipeline(detector, [src], on_frame=on_frame, sampled_per_batch=1, max_frames=n_frames)
+    except BaseException:
         src.close()
+        raise
+    last[0] = time.perf_counter()
+    stats = pipeline.run()
     note = f"{n_frames} frames, stride {manifest.stride}, decode + windows + encode + SA2 + head + events"
-    return Timing("end-to-end", name, "sampled frame", samples, note), {**detector.stats, "encode_s": clock.seconds}
+    return Timing("end-to-end", name, "sampled frame", samples, note), {**stats, "encode_s": clock.seconds}
 
 
 def baseline_encoder(manifest) -> Callable[[np.ndarray], None]:

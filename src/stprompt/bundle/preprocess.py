@@ -10,6 +10,7 @@ appliance agree. `check_supported` refuses, naming the manifest field, what this
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..errors import UserError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+PIXEL_SCALE = 1.0 / 255.0  # uint8 pixel -> [0, 1] before mean / std
 RESAMPLER = "cv2.INTER_CUBIC"
 COLOUR_ORDER = "BGR->RGB"  # decoded frames are BGR (OpenCV); the encoder takes RGB planes
 SIZE = 224
@@ -102,6 +104,9 @@ class Preprocess:
         if self.grid_a**2 != HEAD_WINDOWS:
             refuse("windows.A", {"size": self.scale_a[0], "stride": self.scale_a[1]},
                    f"the head takes {HEAD_WINDOWS} scale-A windows (a 7 x 7 grid)")  # fmt: skip
+        if self.scale_a[0] != self.scale_a[1]:
+            refuse("windows.A", {"size": self.scale_a[0], "stride": self.scale_a[1]},
+                   "motion gating compares scale-A windows as tiles of the frame: size must equal stride")  # fmt: skip
         return self
 
     # -- manifest sections ------------------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ class Preprocess:
                 "std": list(self.std),
                 "resampler": self.resampler,
                 "colour_order": self.colour_order,
-                "scale": 1.0 / 255.0,
+                "scale": PIXEL_SCALE,
                 "resize": f"whole frame to {s}x{s}, aspect not kept",
                 "layout": "NCHW float32: (pixel / 255 - mean) / std per RGB channel",
             },
@@ -147,6 +152,10 @@ class Preprocess:
                 raise UserError(f"{where}: manifest field windows.{key} needs integer 'size' and 'stride'")
             return entry["size"], entry["stride"]
 
+        scale_px = pre.get("scale", PIXEL_SCALE)
+        if not isinstance(scale_px, (int, float)) or not math.isclose(scale_px, PIXEL_SCALE, rel_tol=1e-9):
+            raise UserError(f"{where}: preprocess.scale = {scale_px!r} cannot be honoured by this runtime "
+                            "(pixels are scaled by 1/255)")  # fmt: skip
         try:
             value = cls(
                 size=int(get(pre, "size", "preprocess.size")),

@@ -62,7 +62,9 @@ class FeatureStore:
         }
         if (root / "index.json").exists():
             store = cls.open(root)
-            for key in ("clip_sha256", "dim", "stride", "classes"):
+            for key in ("clip_sha256", "dim", "stride", "classes", "preprocess"):
+                if key == "preprocess" and store.index.get(key) is None:
+                    continue  # a store written before preprocessing was recorded: made with the defaults
                 if store.index.get(key) != meta[key]:
                     raise UserError(
                         f"{root} holds features made with {key}={store.index.get(key)!r}, "

@@ -9,13 +9,31 @@
     for event in detector.finish("gate-2"):                 # end of that stream: the last snippets
         handle(event)
 
+Or let stp-run's own pipeline read the sources (URIs, as stp-run takes them) and write the outputs:
+
+    from stprompt.runtime.api import open_pipeline
+
+    with open_pipeline("bundle/model.onnx", ["rtsp://cam/1", "gate.mp4"], outputs=["events.jsonl"]) as pipeline:
+        for event in pipeline:                              # or pipeline.run(); pipeline.stop() from elsewhere
+            handle(event)
+
 Events are `{"type": "frame", "source", "frame", "time", "score", "score_c", "class", "probs"}` per snippet
 and `{"type": "alarm", "state": "start" | "ongoing" | "end", ..., "boxes": [[x1, y1, x2, y2, score], ...]}`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 from .detector import AlarmSettings, Detector
+
+if TYPE_CHECKING:
+    from ..localize.heat import LocalizeSettings
+    from .frames import Frame
+    from .pipeline import Pipeline
+    from .sinks import Sink
+    from .sources import Source
 
 
 def open_detector(
@@ -32,3 +50,44 @@ def open_detector(
 
     backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
     return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch, gate=gate)
+
+
+def open_pipeline(
+    engine: str,
+    sources: Sequence[str | Source],
+    *,
+    outputs: Sequence[str | Sink] = (),
+    providers: list[str] | None = None,
+    lookahead: int | None = None,
+    alarm: AlarmSettings | None = None,
+    localize: LocalizeSettings | None = None,
+    max_batch: int = 256,
+    gate: float | str = "auto",
+    status: bool = False,
+    on_frame: Callable[[str, Frame], None] | None = None,
+) -> Pipeline:
+    """stp-run's pipeline over `sources` (URIs or Source objects, ids as stp-run gives them) into `outputs`
+    (output URIs as --output takes them, or Sink objects), with stp-run's defaults: the same events as its
+    JSON Lines. Unlike stp-run, no output is added by default: iterate the pipeline for the events.
+    `status`: stp-run's status line on stderr. The pipeline owns the sources and outputs (use it as a context
+    manager, or call close())."""
+    from .backends import open_backend
+    from .pipeline import Pipeline, gate_thresholds, open_sources
+    from .sinks import OutputContext, Status, open_outputs
+
+    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
+    alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
+    opened = open_sources(sources)
+    sinks: list[Sink] = []
+    try:
+        sinks = open_outputs(outputs, OutputContext.for_run(opened, manifest.stride, alarm.on))
+        threshold, per_source = gate_thresholds(gate, opened)
+        detector = Detector(backend, manifest, lookahead=lookahead, alarm=alarm, localize=localize,
+                            max_batch=max_batch, gate=threshold, gate_per_source=per_source)  # fmt: skip
+        return Pipeline(detector, opened, sinks, status=Status(False) if status else None, on_frame=on_frame)
+    except BaseException:
+        for s in opened:
+            s.close()
+        for sink in sinks:
+            sink.close()
+        raise

@@ -1,16 +1,28 @@
-"""`stp-run --engine model.onnx SOURCE...`: streaming detection and localization on files and cameras."""
+"""`stp-run --engine model.onnx SOURCE... [--output URI]...`: streaming detection and localization on files and cameras.
+
+A thin shell: parse flags, open the backend, sources (`sources.open_source`) and outputs (`sinks.open_output`), and
+run `pipeline.Pipeline`, the loop the Python API and stp-bench drive too; signals become a clean pipeline stop.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
-import time
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from ..localize.heat import LocalizeSettings
 from .gating import LIVE_DEFAULT
+from .pipeline import gate_thresholds
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+    from .sinks import Output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "CUDA graphs, windows cut on the GPU)")  # fmt: skip
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="a .pt checkpoint's encoder precision "
                    "(default fp32 on cpu, fp16 on cuda)")  # fmt: skip
-    p.add_argument("--events", default="-", help="JSON Lines events file ('-' = stdout)")
-    p.add_argument("--video-out", help="annotated video of the sampled frames (one file per source when several)")
+    p.add_argument(
+        "--output",
+        action="append",
+        metavar="URI",
+        help="where results go, repeatable: events.jsonl (.jsonl/.json/.ndjson) or - (stdout) for the JSON Lines "
+        "events, a video (.mp4/.avi/.mkv/.mov) for the annotated sampled frames (one file per source when several), "
+        "display://0 for a live window (q or Esc stops); events go to stdout when no JSON Lines output is given",
+    )
+    p.add_argument("--events", metavar="FILE", help="alias of --output FILE: JSON Lines events, whatever the suffix "
+                   "('-' = stdout)")  # fmt: skip
+    p.add_argument("--video-out", metavar="FILE", help="alias of --output FILE: the annotated video, whatever the "
+                   "suffix")  # fmt: skip
     p.add_argument(
         "--lookahead",
         type=int,
@@ -56,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{LIVE_DEFAULT:g} for live sources (cameras, rtsp, csi, gst), 0 for files and folders. README: gating table",
     )
     p.add_argument("--max-batch", type=int, default=256, help="most crops per encoder call (all streams together)")
-    p.add_argument("--show", action="store_true", help="a live window with the annotated frames (needs a display)")
+    p.add_argument("--show", action="store_true", help="alias of --output display://0 (a live window; needs a display)")
     p.add_argument(
         "--check",
         metavar="ENGINE",
@@ -75,13 +97,6 @@ def _gate_value(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected grey levels (a number) or auto, got {text!r}") from None
-
-
-def gate_thresholds(gate: float | str, sources) -> tuple[float, dict[str, float]]:
-    """(default threshold, per-source thresholds) for --gate: 'auto' gates live sources only."""
-    if gate != "auto":
-        return float(gate), {}
-    return 0.0, {s.id: LIVE_DEFAULT if s.live else 0.0 for s in sources}
 
 
 def run_check(args, backend, manifest) -> int:
@@ -113,36 +128,6 @@ def run_check(args, backend, manifest) -> int:
     return 0
 
 
-class LiveView:
-    """`--show`: the annotated sampled frames in a window; q or Esc stops the run."""
-
-    def __init__(self, threshold: float):
-        import cv2
-
-        self.cv2, self.threshold = cv2, threshold
-        try:
-            cv2.namedWindow("stp-run", cv2.WINDOW_NORMAL)
-        except cv2.error:
-            raise UserError(
-                "--show needs an OpenCV with GUI support and a display (pip's opencv-python-headless has none; "
-                "install opencv-python, or use --video-out)"
-            ) from None
-
-    def __call__(self, snippet) -> None:
-        from ..draw import RED, draw_boxes, draw_score_bar, overlay_heat
-
-        img = snippet.image.copy() if snippet.heat is None else overlay_heat(snippet.image, snippet.heat)
-        if snippet.boxes is not None:
-            draw_boxes(img, snippet.boxes, RED)
-        draw_score_bar(img, snippet.event["score"], self.threshold, f"{snippet.source} {snippet.event['score']:.2f}")
-        self.cv2.imshow("stp-run", img)
-        if self.cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-            raise KeyboardInterrupt
-
-    def close(self) -> None:
-        self.cv2.destroyAllWindows()
-
-
 def _settings(args, manifest):
     from .detector import AlarmSettings
 
@@ -151,18 +136,52 @@ def _settings(args, manifest):
     return alarm, LocalizeSettings.from_thresholds(thr, args.heat_threshold, args.min_box_area)
 
 
-def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: stop cleanly
-    raise KeyboardInterrupt
+def _outputs(args: argparse.Namespace) -> list[Output]:
+    """--output URIs in order, then the aliases, each bound to its kind and named by its flag in errors."""
+    from .sinks import DisplaySink, JsonLinesSink, Output, VideoSink
+
+    outputs: list[Output] = [Output(uri) for uri in args.output or ()]
+    if args.events is not None:
+        outputs.append(Output(args.events, JsonLinesSink, "--events"))
+    if args.video_out:
+        outputs.append(Output(args.video_out, VideoSink, "--video-out"))
+    if args.show:
+        outputs.append(Output("display://0", DisplaySink, "--show"))
+    return outputs
+
+
+@contextlib.contextmanager
+def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM stop the pipeline cleanly (the snippets already read are scored and written);
+    a second one aborts at once. A SIGINT that was ignored (a background job) or handled by a host stays so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if pipeline.stopping:
+            raise KeyboardInterrupt
+        pipeline.stop()
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if sig == signal.SIGINT and signal.getsignal(sig) is not signal.default_int_handler:
+            continue
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @cli_entry("stp-run")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..sampling import is_sampled
     from .backends import open_backend
     from .detector import Detector
-    from .sinks import EventWriter, Status, VideoSink
-    from .sources import open_source, redact
+    from .pipeline import Pipeline, open_sources
+    from .sinks import OutputContext, Status, open_outputs
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch, device=args.device,
@@ -170,74 +189,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)
-    sources = []
+    sources = open_sources(args.sources)
+    sinks = []
     try:
-        for i, uri in enumerate(args.sources):
-            sid = redact(uri) if len(args.sources) == 1 else f"{i}:{redact(uri)}"
-            sources.append(open_source(uri, source_id=sid))
-        events = EventWriter(args.events)
-    except UserError:
-        for s in sources:
-            s.close()
-        raise
-    video = None
-    if args.video_out:
-        fps = (sources[0].fps or 25.0) / manifest.stride
-        video = VideoSink(args.video_out, fps, alarm.on, manifest.classes, several=len(sources) > 1)
-    view = LiveView(alarm.on) if args.show else None
-    sinks = [sink for sink in (video, view) if sink is not None]
-
-    def on_snippet(snippet) -> None:
-        for sink in sinks:
-            sink(snippet)
-
-    gate, gate_per_source = gate_thresholds(args.gate, sources)
-    detector = Detector(
-        backend, manifest, lookahead=args.lookahead, alarm=alarm, localize=loc, max_batch=args.max_batch,
-        gate=gate, gate_per_source=gate_per_source, on_snippet=on_snippet if sinks else None,
-    )  # fmt: skip
-    status = Status(args.quiet)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    per_batch = max(1, args.max_batch // 50)
-    active = list(sources)
-    interrupted = False
-    try:
-        while active:
-            chunk, sampled, read, t0 = [], 0, 0, time.perf_counter()
-            live = any(s.live for s in active)
-            while active and (sampled < per_batch) and not (live and chunk):
-                for src in list(active):
-                    # a live source never blocks the others: wait briefly, then serve the next stream
-                    frame = src.read(timeout=0.02) if src.live else src.read()
-                    if frame is None and src.live and not src.ended:
-                        continue
-                    if frame is None:
-                        if chunk:
-                            events.write(detector.process(chunk))
-                            chunk = []
-                        events.write(detector.finish(src.id))
-                        active.remove(src)
-                        continue
-                    chunk.append((src.id, frame))
-                    read += 1
-                    sampled += 1 if is_sampled(frame.index, manifest.stride, manifest.offset) else 0
-            if chunk:
-                events.write(detector.process(chunk))
-            drops = sum(int(s.stats.get("dropped", 0)) for s in sources)
-            status.update(read, detector.stats, time.perf_counter() - t0, drops)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        ctx = OutputContext.for_run(sources, manifest.stride, alarm.on)
+        sinks = open_outputs(_outputs(args), ctx, default_events="-")
+        gate, gate_per_source = gate_thresholds(args.gate, sources)
+        detector = Detector(
+            backend, manifest, lookahead=args.lookahead, alarm=alarm, localize=loc, max_batch=args.max_batch,
+            gate=gate, gate_per_source=gate_per_source,
+        )  # fmt: skip
+        pipeline = Pipeline(detector, sources, sinks, status=Status(args.quiet))
+    except BaseException:
         for s in sources:
             s.close()
         for sink in sinks:
             sink.close()
-        events.close()
-    drops = sum(int(s.stats.get("dropped", 0)) for s in sources)
-    status.update(0, detector.stats, 0.0, drops, force=True)
-    if interrupted:
-        print(f"stp-run: interrupted; {events.count} events written", file=sys.stderr)
+        raise
+    with stop_on_signals(pipeline):
+        try:
+            pipeline.run()
+        except KeyboardInterrupt:  # a second Ctrl-C: the events written so far stay valid JSON Lines
+            pass
+        finally:
+            pipeline.close()
+    if pipeline.interrupted:
+        print(f"stp-run: interrupted; {pipeline.events_out} events written", file=sys.stderr)
         return 130
     return 0
 

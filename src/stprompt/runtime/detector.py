@@ -24,15 +24,9 @@ from ..errors import UserError
 from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
 from ..localize.heat import LocalizeSettings, frame_heat
+from .frames import Frame
 from .gating import WindowGate
 from .stream import SnippetResult, StreamingFeatureHead, StreamingHead
-
-
-@dataclass
-class _Frame:
-    image: np.ndarray
-    index: int
-    time: float
 
 
 @dataclass
@@ -123,15 +117,15 @@ class Detector:
         self.queries, self.abnormal, _ = manifest.load_queries()
         self.max_batch = max(windows.crops_per_frame(pre=self.preprocess), int(max_batch))
         self.on_snippet = on_snippet
-        self.gate = WindowGate(gate, per_source=gate_per_source)
+        self.gate = WindowGate(gate, self.scale_a, per_source=gate_per_source)
         self._buffer: np.ndarray | None = None  # encoder batch, grown to the largest call and reused
         kernels.warmup()  # JIT or disk-cache load now, not on the first snippet or the first alarm
         self.streams: dict[str, StreamState] = {}
         self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0, "gated_crops": 0}
 
     # -- public ---------------------------------------------------------------------------------------
-    def process(self, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        """Frames (source id, Frame with .image/.index/.time) of any streams, in order per stream."""
+    def process(self, items: list[tuple[str, Frame]]) -> list[dict[str, Any]]:
+        """Frames (source id, Frame) of any streams, in order per stream."""
         sampled = [(sid, f) for sid, f in items if self._take(sid, f.index)]
         smalls = [windows.resize_frame(f.image) for _, f in sampled]
         masks = [self.gate.select(sid, small) for (sid, _), small in zip(sampled, smalls, strict=True)]
@@ -164,7 +158,7 @@ class Detector:
         """Python API: the next frame of `source` (frames counted per source; time defaults to index / fps)."""
         state = self._state(source)
         index = state.last_frame + 1
-        return self.process([(source, _Frame(image, index, index / 25.0 if time is None else time))])
+        return self.process([(source, Frame(image, index, index / 25.0 if time is None else time))])
 
     def finish(self, source: str) -> list[dict[str, Any]]:
         """End of a stream: drop an incomplete last snippet, score the rest with the true end."""

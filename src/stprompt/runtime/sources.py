@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -30,6 +29,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
+from .frames import Frame  # the one Frame type; `from stprompt.runtime.sources import Frame` keeps working
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
@@ -44,15 +44,6 @@ def backoff_delays(first: float = 0.5, cap: float = 8.0, attempts: int = 8) -> l
 
 
 DEFAULT_BACKOFF = tuple(backoff_delays())
-
-
-@dataclass
-class Frame:
-    """One decoded frame: H x W x 3 uint8 BGR, its native index in the source and its stream time in seconds."""
-
-    image: np.ndarray
-    index: int
-    time: float
 
 
 class Capture(Protocol):

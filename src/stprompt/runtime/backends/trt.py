@@ -13,7 +13,7 @@ import numpy as np
 from ...bundle.engine_keys import expected_key, plan_is_current
 from ...bundle.graphs import ENCODER_INPUT, ENCODER_OUTPUT, X_AS, X_CLIP, X_PATCH
 from ...bundle.manifest import Manifest
-from ...engines.tensorrt import gpu_compute_capability, require_tensorrt
+from ...engines import tensorrt as trt_engines
 from ...errors import UserError
 from .base import BackendBase, as_float32, check_features_inputs, check_head_inputs
 from .cuda_memory import cuda_memory
@@ -54,7 +54,9 @@ class _TrtEngine:
                         f"{self.path.name}: input {n} {list(arr.shape)} exceeds the engine's profile max "
                         f"{list(self.max_shapes[n])} (rebuild with stp-build --max-batch / --max-window)"
                     )
-                self.context.set_input_shape(n, arr.shape)
+                if self.context.set_input_shape(n, arr.shape) is False:  # outside the profile's min..max
+                    raise UserError(f"{self.path.name}: TensorRT refuses input {n} {list(arr.shape)} (profile "
+                                    f"max {list(self.max_shapes[n])}); rebuild it with stp-build")  # fmt: skip
                 self.mem.h2d(self.buffers[n], arr)
                 hosts.append(arr)  # keep host memory alive until the stream is synchronized
             outs = {n: np.empty(tuple(self.context.get_tensor_shape(n)), self.dtypes[n]) for n in self.outputs}
@@ -77,9 +79,9 @@ class TrtBackend(BackendBase):
     """TensorRT 10 plans built on this device by stp-build: the encoder plan given and the manifest's head plan."""
 
     def __init__(self, plan: Path, manifest: Manifest, max_batch: int | None):
-        trt = require_tensorrt()
+        trt = trt_engines.require_tensorrt()
 
-        version, cc = str(trt.__version__), gpu_compute_capability()
+        version, cc = str(trt.__version__), trt_engines.gpu_compute_capability()
         roles = ("encoder", "head") + (("head_features",) if manifest.has("head_features") else ())
         for role in roles:
             path = manifest.engine(role)

@@ -1,0 +1,291 @@
+"""The Pipeline behind stp-run, the Python API and stp-bench; outputs as URIs; one Frame type."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import write_video
+
+from stprompt.errors import UserError
+from stprompt.runtime import cli as run_cli
+from stprompt.runtime.sinks import DisplaySink, JsonLinesSink, Sink, VideoSink, open_output
+
+STRIDE = 16  # tiny_bundle's
+ALARMS = ["--alarm-on", "0", "--alarm-off", "0"]  # every snippet alarms: heat maps and boxes in every output
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pipeline") / "clip.mp4"
+    write_video(path, 64, seed=7, blob=(16, 48))
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle) -> str:
+    return str(tiny_bundle.with_suffix(".onnx"))
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def stdout_events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def video_frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def stp_run(*argv: str) -> int:
+    return run_cli.main([*argv, "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def reference(video, engine, tmp_path_factory) -> list[dict]:
+    """stp-run's JSON Lines on the test video with the pre-URI flag (--events)."""
+    out = tmp_path_factory.mktemp("reference") / "events.jsonl"
+    assert stp_run(str(video), "--engine", engine, "--events", str(out), *ALARMS) == 0
+    events = read_events(out)
+    assert [e["frame"] for e in events if e["type"] == "frame"] == [8, 24, 40, 56]
+    assert any(e["type"] == "alarm" and e.get("boxes") is not None for e in events)
+    return events
+
+
+def test_several_outputs_at_once_get_the_same_events(video, engine, reference, tmp_path, capsys):
+    events, annotated = tmp_path / "e.jsonl", tmp_path / "annotated.mp4"
+    argv = [str(video), "--engine", engine, "--output", str(events), "--output", str(annotated), "--output", "-"]
+    assert stp_run(*argv, *ALARMS) == 0
+    assert read_events(events) == reference
+    assert stdout_events(capsys.readouterr().out) == reference
+    assert video_frames(annotated) == 64 // STRIDE
+
+
+def test_aliases_equal_their_output_uris(video, engine, reference, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    assert stp_run(str(video), "--engine", engine, "--events", str(a / "e.jsonl"),
+                   "--video-out", str(a / "v.mp4"), *ALARMS) == 0  # fmt: skip
+    assert stp_run(str(video), "--engine", engine, "--output", str(b / "e.jsonl"),
+                   "--output", str(b / "v.mp4"), *ALARMS) == 0  # fmt: skip
+    assert (a / "e.jsonl").read_text() == (b / "e.jsonl").read_text()
+    assert read_events(b / "e.jsonl") == reference
+    assert video_frames(a / "v.mp4") == video_frames(b / "v.mp4") == 64 // STRIDE
+    assert capsys.readouterr().out == ""  # a JSON Lines output was given: nothing on stdout
+
+
+def test_events_go_to_stdout_when_no_output_takes_them(video, engine, reference, tmp_path, capsys):
+    assert stp_run(str(video), "--engine", engine, "--output", str(tmp_path / "only.mp4"), *ALARMS) == 0
+    assert stdout_events(capsys.readouterr().out) == reference
+    assert stp_run(str(video), "--engine", engine, "--events", "-", *ALARMS) == 0  # the alias, as before
+    assert stdout_events(capsys.readouterr().out) == reference
+    assert stp_run(str(video), "--engine", engine, "--events", str(tmp_path / "log.txt"), *ALARMS) == 0
+    assert read_events(tmp_path / "log.txt") == reference  # --events is JSON Lines whatever the suffix
+
+
+@pytest.mark.parametrize(
+    "uri,needle",
+    [("out.txt", "'.txt'"), ("results", "no suffix"), ("rtsp://host/out", "'rtsp://'"),
+     ("display://left", "display://0")],
+)  # fmt: skip
+def test_unknown_output_is_one_line_naming_what_is_accepted(uri, needle, video, engine, capsys):
+    assert stp_run(str(video), "--engine", engine, "--output", uri) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0] and needle in err[0], err
+    if uri != "display://left":
+        assert all(s in err[0] for s in (".jsonl", "- (stdout)", ".mp4", "display://0")), err
+
+
+def test_the_same_output_twice_is_refused(video, engine, tmp_path, capsys):
+    path = str(tmp_path / "e.jsonl")
+    assert stp_run(str(video), "--engine", engine, "--output", path, "--events", path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "twice" in err[0]
+
+
+def test_open_output_picks_the_sink_by_suffix_or_scheme(tmp_path):
+    sinks = [open_output(str(tmp_path / "x.NDJSON")), open_output("file://" + str(tmp_path / "y.json")),
+             open_output("-"), open_output(str(tmp_path / "z.mkv"))]  # fmt: skip
+    try:
+        assert [type(s) for s in sinks] == [JsonLinesSink, JsonLinesSink, JsonLinesSink, VideoSink]
+        assert sinks[2].target == "-" and sinks[1].target == str((tmp_path / "y.json").resolve())
+    finally:
+        for s in sinks:
+            s.close()
+    if "GTK" in cv2.getBuildInformation() and os.environ.get("DISPLAY"):
+        return
+    with pytest.raises(UserError, match="display://0 needs an OpenCV with GUI"):
+        open_output("display://0")
+    with pytest.raises(UserError, match="--show needs"):
+        open_output("display://0", kind=DisplaySink, name="--show")
+
+
+def test_python_api_pipeline_gives_stp_runs_events(video, engine, reference, tmp_path):
+    from stprompt.runtime.api import open_pipeline
+    from stprompt.runtime.detector import AlarmSettings
+    from stprompt.runtime.pipeline import Pipeline
+
+    out = tmp_path / "api.jsonl"
+    with open_pipeline(engine, [str(video)], outputs=[str(out)], alarm=AlarmSettings(on=0.0, off=0.0)) as pipeline:
+        assert isinstance(pipeline, Pipeline)
+        events = [json.loads(json.dumps(e)) for e in pipeline]
+    assert events == reference and read_events(out) == reference
+    assert pipeline.stats["frames"] == 64 and pipeline.stats["events"] == len(reference)
+    assert not pipeline.interrupted
+
+
+class Recorder(Sink):
+    """A new kind of output is one small class: this one keeps what it gets, and can ask the run to stop."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.events: list[dict] = []
+        self.snippets: list[int] = []
+        self.closed = 0
+        self.stop_after = stop_after
+
+    def write(self, events):
+        self.events += events
+
+    def snippet(self, snippet):
+        self.snippets.append(snippet.event["frame"])
+        assert snippet.image.ndim == 3 and (snippet.heat is None) == (snippet.boxes is None)
+        if self.stop_after is not None and len(self.snippets) >= self.stop_after:
+            self.stop_requested = True
+
+    def close(self):
+        self.closed += 1
+
+
+def pipeline_over(engine: str, sources, sinks, lookahead: int | None = None, **kw):
+    from stprompt.runtime.backends import open_backend
+    from stprompt.runtime.detector import AlarmSettings, Detector
+    from stprompt.runtime.pipeline import Pipeline
+
+    backend, manifest = open_backend(engine)
+    detector = Detector(backend, manifest, alarm=AlarmSettings(on=0.0, off=0.0), lookahead=lookahead)
+    return Pipeline(detector, sources, sinks, **kw)
+
+
+def test_a_custom_sink_gets_every_event_and_snippet(video, engine, reference):
+    from stprompt.runtime.sources import VideoFileSource
+
+    sink = Recorder()
+    stats = pipeline_over(engine, [VideoFileSource(video, source_id=str(video))], [sink]).run()
+    assert sink.events == reference and sink.snippets == [8, 24, 40, 56] and sink.closed == 1
+    assert stats["snippets"] == 4 and stats["frames"] == 64
+
+
+def test_stop_scores_the_snippets_already_read(video, engine, reference):
+    from stprompt.runtime.sources import VideoFileSource
+
+    sink = Recorder()
+    src = VideoFileSource(video, source_id=str(video))
+    seen: list[int] = []
+
+    def on_frame(sid, frame):
+        seen.append(frame.index)
+        if frame.index == 40:
+            pipeline.stop()
+
+    pipeline = pipeline_over(engine, [src], [sink], on_frame=on_frame, sampled_per_batch=1)
+    pipeline.run()
+    assert pipeline.interrupted and src.ended and sink.closed == 1
+    assert seen == list(range(41))  # the batch that held frame 40 was the last one read
+    # snippets 8 and 24 were complete and are scored (with the stream's true end); 40's frames were not all read
+    assert [e["frame"] for e in sink.events if e["type"] == "frame"] == [8, 24]
+    assert sink.events[-1] == {**sink.events[-1], "type": "alarm", "state": "end"}
+
+
+def test_a_sink_can_stop_the_run_like_the_live_windows_q(video, engine):
+    from stprompt.runtime.sources import VideoFileSource
+
+    sink = Recorder(stop_after=1)  # without lookahead a snippet is scored as soon as its frames are read
+    pipeline = pipeline_over(engine, [VideoFileSource(video)], [sink], lookahead=0, sampled_per_batch=1)
+    pipeline.run()
+    assert pipeline.interrupted and sink.closed == 1 and 1 <= len(sink.snippets) < 4
+
+
+class StalledCamera:
+    """A live source that delivers nothing until the file beside it has ended, then ends itself."""
+
+    live, fps = True, 30.0
+
+    def __init__(self, other):
+        self.id, self.other, self.timeouts = "cam", other, []
+        self.stats = {"frames": 0, "dropped": 3, "reconnects": 0}
+
+    def read(self, timeout=None):
+        self.timeouts.append(timeout)
+        return None
+
+    @property
+    def ended(self):
+        return self.other.ended
+
+    def close(self):
+        pass
+
+
+def test_a_live_source_never_blocks_the_others(video, engine, reference):
+    from stprompt.runtime.pipeline import LIVE_WAIT_S
+    from stprompt.runtime.sources import VideoFileSource
+
+    src = VideoFileSource(video, source_id=str(video))
+    cam = StalledCamera(src)
+    sink = Recorder()
+    stats = pipeline_over(engine, [src, cam], [sink]).run()
+    assert sink.events == reference  # every frame of the file, scored as when it runs alone
+    assert set(cam.timeouts) == {LIVE_WAIT_S} and stats["dropped"] == 3
+
+
+def test_sources_and_detector_share_one_frame_type():
+    from stprompt.runtime import detector, frames, sources
+
+    assert sources.Frame is frames.Frame is detector.Frame
+
+
+def test_signals_stop_the_pipeline_and_a_second_one_aborts():
+    from types import SimpleNamespace
+
+    from stprompt.runtime.cli import stop_on_signals
+
+    fake = SimpleNamespace(stopping=False)
+    fake.stop = lambda: setattr(fake, "stopping", True)
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals(fake):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert fake.stopping
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_bench_end_to_end_drives_the_pipeline(tiny_bundle, tmp_path, monkeypatch):
+    from stprompt.bench import stages
+    from stprompt.runtime.backends import open_backend
+    from stprompt.runtime.pipeline import Pipeline
+
+    runs: list[Pipeline] = []
+    original = Pipeline.run
+
+    def spy(self):
+        runs.append(self)
+        return original(self)
+
+    monkeypatch.setattr(Pipeline, "run", spy)
+    backend, manifest = open_backend(tiny_bundle.with_name("model.onnx"))
+    clip = stages.write_test_video(tmp_path / "b.mp4", 80, (160, 120))
+    timing, stats = stages.run_end_to_end(backend, "ort", manifest, clip, 64)
+    assert len(runs) == 1 and runs[0].sources[0].path == clip
+    assert len(timing.samples) == 4 and stats["frames"] == 64 and stats["crops"] == 200 and stats["encode_s"] > 0
