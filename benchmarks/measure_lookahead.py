@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--lookaheads", default="0,1,2,4,8,16,24,32")
     args = p.parse_args()
     backend, manifest = open_backend(args.engine)
-    context = int(manifest.head["exact_lookahead"])
+    context = manifest.head_settings.exact_lookahead
     store = FeatureStore.open(args.features)
     videos = store.videos(args.split)
     data = []

@@ -123,8 +123,9 @@ def test_stp_run_refuses_a_negative_gate(tiny_bundle, tmp_path, capsys):
 def test_auto_gates_live_sources_only_and_per_source_thresholds_apply():
     from types import SimpleNamespace
 
-    from stprompt.runtime.cli import build_parser, gate_thresholds
+    from stprompt.runtime.cli import build_parser
     from stprompt.runtime.gating import LIVE_DEFAULT
+    from stprompt.runtime.pipeline import gate_thresholds
 
     assert build_parser().parse_args(["v.mp4", "--engine", "m.onnx"]).gate == "auto"
     assert build_parser().parse_args(["v.mp4", "--engine", "m.onnx", "--gate", "2.5"]).gate == 2.5

@@ -107,16 +107,21 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def gpu_compute_capability(device: int = 0) -> str:
-    """'8.7' etc. of CUDA device `device`, through cuda-python, else nvidia-smi."""
-    cudart = None
+def import_cudart():
+    """cuda-python's CUDA runtime module (`cuda.bindings.runtime` from 12.6, `cuda.cudart` before), or None."""
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
         try:
             from cuda import cudart  # older cuda-python
         except ImportError:
-            cudart = None
+            return None
+    return cudart
+
+
+def gpu_compute_capability(device: int = 0) -> str:
+    """'8.7' etc. of CUDA device `device`, through cuda-python, else nvidia-smi."""
+    cudart = import_cudart()
     if cudart is not None:
         err, props = cudart.cudaGetDeviceProperties(device)
         if int(getattr(err, "value", err)) == 0:

@@ -72,22 +72,10 @@ def open_pipeline(
     `status`: stp-run's status line on stderr. The pipeline owns the sources and outputs (use it as a context
     manager, or call close())."""
     from .backends import open_backend
-    from .pipeline import Pipeline, gate_thresholds, open_sources
-    from .sinks import OutputContext, Status, open_outputs
+    from .pipeline import build_pipeline
+    from .sinks import Status
 
     backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
-    alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
-    opened = open_sources(sources)
-    sinks: list[Sink] = []
-    try:
-        sinks = open_outputs(outputs, OutputContext.for_run(opened, manifest.stride, alarm.on))
-        threshold, per_source = gate_thresholds(gate, opened)
-        detector = Detector(backend, manifest, lookahead=lookahead, alarm=alarm, localize=localize,
-                            max_batch=max_batch, gate=threshold, gate_per_source=per_source)  # fmt: skip
-        return Pipeline(detector, opened, sinks, status=Status(False) if status else None, on_frame=on_frame)
-    except BaseException:
-        for s in opened:
-            s.close()
-        for sink in sinks:
-            sink.close()
-        raise
+    return build_pipeline(backend, manifest, sources, outputs, lookahead=lookahead, alarm=alarm, localize=localize,
+                          max_batch=max_batch, gate=gate, status=Status(False) if status else None,
+                          on_frame=on_frame)  # fmt: skip

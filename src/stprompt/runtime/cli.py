@@ -18,7 +18,6 @@ from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from ..localize.heat import LocalizeSettings
 from .gating import LIVE_DEFAULT
-from .pipeline import gate_thresholds
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -179,9 +178,8 @@ def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .backends import open_backend
-    from .detector import Detector
-    from .pipeline import Pipeline, open_sources
-    from .sinks import OutputContext, Status, open_outputs
+    from .pipeline import build_pipeline
+    from .sinks import Status
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch, device=args.device,
@@ -189,23 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)
-    sources = open_sources(args.sources)
-    sinks = []
-    try:
-        ctx = OutputContext.for_run(sources, manifest.stride, alarm.on)
-        sinks = open_outputs(_outputs(args), ctx, default_events="-")
-        gate, gate_per_source = gate_thresholds(args.gate, sources)
-        detector = Detector(
-            backend, manifest, lookahead=args.lookahead, alarm=alarm, localize=loc, max_batch=args.max_batch,
-            gate=gate, gate_per_source=gate_per_source,
-        )  # fmt: skip
-        pipeline = Pipeline(detector, sources, sinks, status=Status(args.quiet))
-    except BaseException:
-        for s in sources:
-            s.close()
-        for sink in sinks:
-            sink.close()
-        raise
+    pipeline = build_pipeline(backend, manifest, args.sources, _outputs(args), lookahead=args.lookahead, alarm=alarm,
+                              localize=loc, max_batch=args.max_batch, gate=args.gate, status=Status(args.quiet),
+                              default_events="-")  # fmt: skip
     with stop_on_signals(pipeline):
         try:
             pipeline.run()

@@ -57,6 +57,33 @@ def open_sources(sources: Sequence[str | Source]) -> list[Source]:
     return opened
 
 
+def build_pipeline(backend, manifest, sources: Sequence[str | Source], outputs: Sequence[Any] = (), *,
+                   lookahead: int | None = None, alarm=None, localize=None, max_batch: int = 256,
+                   gate: float | str = "auto", status: Status | None = None, default_events: str | None = None,
+                   on_frame: Callable[[str, Frame], None] | None = None) -> Pipeline:  # fmt: skip
+    """Sources (URIs or Source objects), outputs (URIs or Sinks), a Detector and the Pipeline over them: what
+    stp-run and `api.open_pipeline` both assemble. All or nothing: what was opened is closed when a part fails."""
+    from .detector import AlarmSettings, Detector
+    from .sinks import OutputContext, open_outputs
+
+    alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
+    opened = open_sources(sources)
+    sinks: list[Sink] = []
+    try:
+        ctx = OutputContext.for_run(opened, manifest.stride, alarm.on)
+        sinks = open_outputs(outputs, ctx, default_events=default_events)
+        threshold, per_source = gate_thresholds(gate, opened)
+        detector = Detector(backend, manifest, lookahead=lookahead, alarm=alarm, localize=localize,
+                            max_batch=max_batch, gate=threshold, gate_per_source=per_source)  # fmt: skip
+        return Pipeline(detector, opened, sinks, status=status, on_frame=on_frame)
+    except BaseException:
+        for s in opened:
+            s.close()
+        for sink in sinks:
+            sink.close()
+        raise
+
+
 class Pipeline:
     """Run a Detector over sources into sinks; owns (and closes) both.
 

@@ -110,13 +110,9 @@ class PycudaMemory:
 
 def cuda_memory(device: int = 0):
     """cuda-python's runtime API where installed (stprompt[trt]), else pycuda (common on Jetson images)."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            cudart = None
+    from ...engines.tensorrt import import_cudart
+
+    cudart = import_cudart()
     if cudart is not None:
         return CudartMemory(cudart, device)
     try:
