@@ -31,7 +31,7 @@ RUN python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorrt'
 # NumPy < 2: the TensorRT bindings of these images are built against NumPy 1.x. PIP_BREAK_SYSTEM_PACKAGES lets
 # pip install into the image's only Python on the Ubuntu 24.04-based tags (PEP 668); this image has no other use.
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \
-        "numpy>=1.24,<2" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" \
+        "numpy>=1.24,<2" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" "av>=14" \
         "onnxruntime-gpu>=1.17" "cuda-python>=12.6,<13"
 
 # --- Jetson (JetPack 6): TensorRT, CUDA and OpenCV (with GStreamer) from JetPack, never from PyPI
@@ -52,12 +52,12 @@ RUN has() { python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('$
     fi
 # NumPy < 2: JetPack's TensorRT bindings and the apt OpenCV are built against NumPy 1.x.
 RUN python3 -m pip install --no-cache-dir \
-        "numpy>=1.24,<2" "numba>=0.59" "tqdm>=4.60" "onnxruntime>=1.17" "cuda-python>=12.6,<13"
+        "numpy>=1.24,<2" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17" "cuda-python>=12.6,<13"
 
 # --- CPU only: stp-appliance falls back to ONNX Runtime (use the bundle's model.int8.onnx through stp-run for speed)
 FROM ${CPU_BASE_IMAGE} AS runtime-cpu
 RUN python3 -m pip install --no-cache-dir \
-        "numpy>=1.24" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" "onnxruntime>=1.17"
+        "numpy>=1.24" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17"
 
 # --- the appliance: the same on every target
 # DL3006 (tag the image) ignored: runtime-${TARGET} is one of the stages above, not a registry image.

@@ -177,3 +177,46 @@ def test_eval_localize_needs_scale_b(tiny_dataset, checkpoint, tmp_path, capsys)
     capsys.readouterr()
     assert evaluate.main([str(out), "--ckpt", str(checkpoint), "--localize"]) == 2
     assert "--scale-b" in capsys.readouterr().err
+
+
+def test_an_anomaly_interval_past_the_video_end_warns_and_counts_clipped(tiny_dataset, checkpoint, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    doc = json.loads((data / "annotations.json").read_text())
+    test_5 = next(v for v in doc["videos"] if v["path"] == "videos/test_5.mp4")  # 48 frames, anomaly [16, 40)
+    test_5["anomalies"] = [{"start": 16, "end": 60}]
+    (data / "annotations.json").write_text(json.dumps(doc))
+    out = tmp_path / "f"
+    argv = [str(data), "--out", str(out), "--stride", str(STRIDE), "--split", "test", "--quiet"]
+    assert extract.main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        "stp-extract: warning: videos/test_5.mp4: anomaly interval [16, 60) in the annotations run past the video's "
+        "end (48 frames decoded); clipped to the video"
+    ]
+    assert evaluate.main([str(out), "--ckpt", str(checkpoint)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("stp-eval: warning: videos/test_5.mp4: anomaly interval [16, 60)")
+    result = json.loads(captured.out)
+    assert result["n_anomalous_frames"] == 48 - 16  # the interval clipped to the video's 48 frames
+
+
+def test_a_truncated_video_is_extracted_with_a_warning(tiny_clip, tmp_path):
+    path = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(64):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    feats = extract.extract_video(path, ImageEncoder(tiny_clip.model, batch=100), STRIDE, False, 100)
+    assert feats.declared_frames == 64 and 0 < feats.n_frames < 64
+    video = extract.ann_mod.Video(path="cut.avi", split="test", labels=["Fighting"], anomalies=[(0, 64)])
+    notes = feats.warnings(video)
+    assert len(notes) == 2
+    assert notes[0] == (
+        f"cut.avi: the video ends after {feats.n_frames} of the 64 frames its container declares (truncated or damaged)"
+    )
+    assert f"[0, 64) in the annotations run past the video's end ({feats.n_frames} frames decoded)" in notes[1]

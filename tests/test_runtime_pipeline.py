@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -289,3 +291,152 @@ def test_bench_end_to_end_drives_the_pipeline(tiny_bundle, tmp_path, monkeypatch
     timing, stats = stages.run_end_to_end(backend, "ort", manifest, clip, 64)
     assert len(runs) == 1 and runs[0].sources[0].path == clip
     assert len(timing.samples) == 4 and stats["frames"] == 64 and stats["crops"] == 200 and stats["encode_s"] > 0
+
+
+# --- live sources that go down and come back; a clean close -----------------------------------------------------
+
+
+class FileCamera:
+    """A capture (the part of cv2.VideoCapture a LiveSource uses) that plays `n` frames of a video, then fails:
+    a camera whose stream is lost."""
+
+    def __init__(self, path: Path, n: int, period: float = 0.002):
+        self.cap, self.n, self.period = cv2.VideoCapture(str(path)), n, period
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def read(self):
+        time.sleep(self.period)
+        if self.n <= 0:
+            return False, None
+        self.n -= 1
+        ok, image = self.cap.read()
+        if not ok:  # the video is shorter: play it again
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self.cap.read()
+        return ok, image
+
+    def release(self) -> None:
+        self.cap.release()
+
+    def get(self, prop: int) -> float:
+        return 25.0
+
+
+def flaky_camera(video: Path, reconnect: int | None = 2):
+    """Up for 48 frames, down (one failed reconnect), up again for 48 frames, then gone for good."""
+    from stprompt.runtime.sources import LiveSource
+
+    plan = [FileCamera(video, 48, period=0.03), None, FileCamera(video, 48, period=0.03)]  # 1.4 s each
+    return LiveSource("rtsp://cam/1", lambda: plan.pop(0) if plan else None, source_id="cam", open_error="cam is off",
+                      reconnect=reconnect, backoff=[0.01], jitter=0.0)  # fmt: skip
+
+
+def test_a_live_source_going_down_and_up_is_reported_and_scored(video, engine, capsys):
+    sink = Recorder()
+    pipeline = pipeline_over(engine, [flaky_camera(video)], [sink])
+    stats = pipeline.run()
+    kinds = [(e["type"], e.get("state")) for e in sink.events]
+    source_events = [e for e in sink.events if e["type"] == "source"]
+    assert [e["state"] for e in source_events] == ["up", "down", "up", "down", "down"]
+    assert all(set(e) == {"type", "source", "state", "reason", "time"} and e["source"] == "cam" for e in source_events)
+    assert json.loads(json.dumps(source_events)) == source_events  # JSON-ready
+    assert source_events[-1]["reason"].startswith("gave up after 2 reconnect attempts: cam is off")
+    first_down, second_up = kinds.index(("source", "down")), kinds.index(("source", "up"), 1)
+    # the outage ends the stream as an end of file: what was read before it is scored (and its alarm closed)
+    # before the down, not after the camera comes back (exact lookahead would wait for 41 more snippets)
+    before = [e for e in sink.events[:first_down] if e["type"] == "frame"]
+    assert before and sink.events[first_down - 1] == {**sink.events[first_down - 1], "type": "alarm", "state": "end"}
+    assert all(e["frame"] < 48 for e in before)
+    assert any(e["type"] == "frame" and e["frame"] >= 48 for e in sink.events[second_up:])  # scored after the outage
+    assert stats["snippets"] == sum(e["type"] == "frame" for e in sink.events)
+    (report,) = pipeline.report()
+    assert report["end"] == "failed" and report["reconnects"] == 1 and report["error"].startswith("gave up")
+    assert report["frames"] + report["dropped"] == 96
+    err = capsys.readouterr().err
+    assert err.count("source cam down:") == 3 and err.count("source cam up:") == 2  # one line per state change
+
+
+def test_summary_and_status_name_the_reconnects(video, engine, capsys):
+    from stprompt.runtime.sinks import Status
+
+    pipeline = pipeline_over(engine, [flaky_camera(video)], [], status=Status(False))
+    pipeline.run()
+    err = capsys.readouterr().err
+    assert "reconnects 1" in err  # the status line
+    summary = [line for line in err.splitlines() if "summary:" in line]
+    assert len(summary) == 1 and "cam: " in summary[0] and "1 reconnect, " in summary[0] and "dropped; failed: gave" \
+        in summary[0]  # fmt: skip
+
+
+def test_close_before_the_end_scores_what_was_read(video, engine):
+    """The API's close() (or leaving its `with` block) after a break is a clean stop, as a signal is for stp-run."""
+    from stprompt.runtime.sources import VideoFileSource
+
+    sink = Recorder()
+    pipeline = pipeline_over(engine, [VideoFileSource(video)], [sink], lookahead=0, sampled_per_batch=1)
+    it = iter(pipeline)
+    first = next(e for e in it if e["type"] == "frame")
+    pipeline.close()
+    assert next(it, None) is None and sink.closed == 1 and pipeline.interrupted
+    frames = [e["frame"] for e in sink.events if e["type"] == "frame"]
+    assert frames[0] == first["frame"] == 8 and frames == sorted(frames) and frames[-1] < 56
+    assert sink.events[-1] == {**sink.events[-1], "type": "alarm", "state": "end"}  # the stream was finished
+    assert pipeline.report()[0]["end"] == "stopped"
+    pipeline.close()  # once is enough
+    assert sink.closed == 1
+
+
+def test_with_block_left_early_scores_what_was_read_and_an_error_does_not(video, engine):
+    from stprompt.runtime.sources import VideoFileSource
+
+    clean, failed = Recorder(), Recorder()
+    with pipeline_over(engine, [VideoFileSource(video)], [clean], lookahead=0, sampled_per_batch=1) as pipeline:
+        for event in pipeline:
+            if event["type"] == "frame":
+                break
+    assert clean.closed == 1 and clean.events[-1]["state"] == "end"
+    failing = pipeline_over(engine, [VideoFileSource(video)], [failed], lookahead=0, sampled_per_batch=1)
+    with pytest.raises(ZeroDivisionError), failing as pipeline:
+        for event in pipeline:
+            if event["type"] == "frame":
+                1 / 0  # noqa: B018 - the caller's own error
+    assert failed.closed == 1 and failed.events[-1].get("state") != "end"  # released without scoring the rest
+
+
+def test_close_from_another_thread_asks_the_stop(video, engine):
+    from stprompt.runtime.sources import LiveSource, VideoFileSource
+
+    sink = Recorder()
+    cam = LiveSource("rtsp://cam/2", lambda: FileCamera(video, 10_000, period=0.01), source_id="cam2",
+                     open_error="off", backoff=[0.01], jitter=0.0)  # fmt: skip
+    pipeline = pipeline_over(engine, [cam, VideoFileSource(video)], [sink], lookahead=0)
+    closer = threading.Timer(1.0, pipeline.close)
+    closer.start()
+    pipeline.run()  # returns once the other thread's close() stopped it
+    closer.join()
+    assert pipeline.interrupted and sink.closed == 1 and cam.ended
+    assert pipeline.report()[0]["end"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    "signals,interrupted,ends,code",
+    [([], False, ["ended"], 0), ([], False, ["failed", "ended"], 0), ([], False, ["failed", "failed"], 1),
+     ([signal.SIGTERM], True, ["stopped"], 143), ([signal.SIGINT], True, ["stopped"], 130),
+     ([signal.SIGTERM, signal.SIGTERM], True, ["aborted"], 143), ([], True, ["stopped"], 130)],
+)  # fmt: skip
+def test_exit_status(signals, interrupted, ends, code, capsys):
+    from types import SimpleNamespace
+
+    report = [{"source": f"s{i}", "end": end, "error": "gave up" if end == "failed" else None}
+              for i, end in enumerate(ends)]  # fmt: skip
+    fake = SimpleNamespace(interrupted=interrupted, events_out=3, report=lambda: report)
+    assert run_cli.exit_status(fake, signals) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    if code == 1:
+        assert err == ["stp-run: error: every source failed: s0: gave up; s1: gave up"]
+    elif code:
+        assert len(err) == 1 and err[0].startswith("stp-run: interrupted") and "3 events" in err[0]
+    else:
+        assert err == []

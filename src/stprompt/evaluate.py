@@ -18,7 +18,7 @@ import numpy as np
 from .cliformat import HelpFormatter
 from .data.annotations import NORMAL, Video
 from .data.features import FeatureStore
-from .errors import UserError, cli_entry
+from .errors import UserError, cli_entry, warn
 from .fileio import atomic_write_json
 from .localize.predict import VideoBoxes
 from .metrics import frame_ap, frame_auc, snippet_to_frames
@@ -285,6 +285,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     store = FeatureStore.open(args.features)
     check_compatible(ckpt, store)
     videos = store.videos(args.split)
+    for video in videos:  # ground truth past a video's end: one line per video, the interval clipped
+        n_frames = store.n_frames(video.id)
+        if n_frames is not None and (note := video.interval_warning(n_frames)):
+            warn(note)
     preds = predict(ckpt, store, videos)
     result = summarize(preds, ckpt.classes, store.stride)
     located: dict[str, VideoBoxes] = {}

@@ -21,8 +21,8 @@ from .bundle.preprocess import DEFAULT, Preprocess
 from .cliformat import HelpFormatter
 from .data import annotations as ann_mod
 from .data.features import FeatureStore
-from .data.video import SampledFrames, prefetch
-from .errors import UserError, cli_entry
+from .data.video import FRAME_COUNT_TOLERANCE, SampledFrames, prefetch
+from .errors import UserError, cli_entry, one_line
 from .sampling import snippet_frame_indices
 
 DEFAULT_CLIP = "stp-tiny"
@@ -34,6 +34,18 @@ class VideoFeatures:
     n_frames: int
     n_crops: int
     size: tuple[int, int]  # (width, height) of the source frames
+    declared_frames: int | None = None  # the frame count the container declares (None: it declares none)
+
+    def warnings(self, video: ann_mod.Video) -> list[str]:
+        """What a user should know about this video: decoded short of its container's count, or annotated past
+        its end (such intervals count clipped to the video)."""
+        notes = []
+        if self.declared_frames is not None and self.n_frames < self.declared_frames - FRAME_COUNT_TOLERANCE:
+            notes.append(f"{video.path}: the video ends after {self.n_frames} of the {self.declared_frames} frames "
+                         "its container declares (truncated or damaged)")  # fmt: skip
+        if note := video.interval_warning(self.n_frames):
+            notes.append(note)
+        return notes
 
 
 def extract_video(path: Path, encode, stride: int, scale_b: bool, batch: int,
@@ -74,7 +86,8 @@ def extract_video(path: Path, encode, stride: int, scale_b: bool, batch: int,
     expected = snippet_frame_indices(frames.n_frames, stride)
     if not np.array_equal(arrays["frames"], expected):
         raise UserError(f"{path}: decoder skipped frames (got {len(indices)} sampled frames, expected {t})")
-    return VideoFeatures(arrays=arrays, n_frames=frames.n_frames, n_crops=t * per_frame, size=frames.size)
+    return VideoFeatures(arrays=arrays, n_frames=frames.n_frames, n_crops=t * per_frame, size=frames.size,
+                         declared_frames=frames.declared_frames)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +166,8 @@ def extract_dataset(args: argparse.Namespace) -> int:
             failed.append(video.path)
             tqdm.write(f"stp-extract: skipped {video.path}: {err}", file=sys.stderr)
             continue
+        for note in feats.warnings(video):  # above the progress bar, one line each
+            tqdm.write(f"stp-extract: warning: {one_line(note)}", file=sys.stderr)
         store.write(video, feats.arrays, feats.n_frames, size=feats.size)
         crops += feats.n_crops
         bar.set_postfix(crops_per_s=f"{crops / (time.perf_counter() - start):.0f}")

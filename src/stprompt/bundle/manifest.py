@@ -86,6 +86,16 @@ class Thresholds:
 THRESHOLD_FIELDS = ("alarm", "heat", "min_box_area", "tau_loc", "fusion_lambda")
 
 
+def threshold_problem(key: str, value: float) -> str | None:
+    """Why a `thresholds` value cannot be used (None when it can): scores, heat and the fusion weight are in
+    [0, 1], a box area a fraction of the frame in [0, 1), the softmax temperature > 0 (NaN fails every test)."""
+    if key == "tau_loc":
+        return None if 0 < value < float("inf") else "must be > 0"
+    if key == "min_box_area":
+        return None if 0 <= value < 1 else "must be in [0, 1)"
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 @dataclass(frozen=True)
 class HeadSettings:
     """What the runtime needs to know of the exported head (the full HeadConfig stays in `raw["head"]`)."""
@@ -238,8 +248,11 @@ def _check_fields(doc: Any, name: str) -> None:
     if doc["head"].get("dim") != doc["dim"] or doc["head"].get("n_classes") != len(classes):
         raise UserError(f"{name}: 'head' settings do not match 'dim' / 'classes'")
     for key in THRESHOLD_FIELDS:
-        if not isinstance(doc["thresholds"].get(key), (int, float)):
+        value = doc["thresholds"].get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise UserError(f"{name}: 'thresholds' needs a number {key!r}")
+        if problem := threshold_problem(key, float(value)):
+            raise UserError(f"{name}: thresholds.{key} = {value} {problem}")
     for role in REQUIRED_ROLES:
         if role not in doc["files"]:
             raise UserError(f"{name}: 'files' lacks the {role!r} file")

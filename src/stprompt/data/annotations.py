@@ -41,11 +41,26 @@ class Video:
         return video_id(self.path)
 
     def frame_labels(self, n_frames: int) -> np.ndarray:
-        """Per-frame 0/1 ground truth for the first `n_frames` frames."""
+        """Per-frame 0/1 ground truth for the first `n_frames` frames (intervals clipped to them)."""
         gt = np.zeros(n_frames, dtype=np.int8)
         for start, end in self.anomalies:
             gt[max(0, start) : min(n_frames, end)] = 1
         return gt
+
+    def intervals_past_end(self, n_frames: int) -> list[tuple[int, int]]:
+        """Anomaly intervals that end after the video's last frame (`end` is exclusive) when it has `n_frames`."""
+        return [(start, end) for start, end in self.anomalies if end > n_frames]
+
+    def interval_warning(self, n_frames: int) -> str | None:
+        """One line naming the anomaly intervals that run past the video's `n_frames` decoded frames (they count
+        clipped to the video), or None when every interval fits."""
+        late = self.intervals_past_end(n_frames)
+        if not late:
+            return None
+        spans = ", ".join(f"[{start}, {end})" for start, end in late)
+        which = "anomaly intervals" if len(late) > 1 else "anomaly interval"
+        return (f"{self.path}: {which} {spans} in the annotations run past the video's end ({n_frames} frames "
+                f"decoded); clipped to the video")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         label: str | list[str] = self.labels[0] if len(self.labels) == 1 else list(self.labels)

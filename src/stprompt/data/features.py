@@ -123,6 +123,11 @@ class FeatureStore:
     def n_snippets(self, video_id: str) -> int:
         return int(self.index["videos"][video_id]["n_snippets"])
 
+    def n_frames(self, video_id: str) -> int | None:
+        """Frames decoded from the video at extraction (None in a store that did not record them)."""
+        n = self.index["videos"][video_id].get("n_frames")
+        return None if n is None else int(n)
+
     # -- per video ----------------------------------------------------------------------------------
     def has(self, video_id: str) -> bool:
         entry = self.index["videos"].get(video_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ from ..errors import UserError
 from ..sampling import is_sampled
 
 T = TypeVar("T")
+FRAME_COUNT_TOLERANCE = 1  # frames a video may fall short of its container's count without a warning
 
 
 def open_capture(path: str | Path) -> cv2.VideoCapture:
@@ -30,18 +32,28 @@ def open_capture(path: str | Path) -> cv2.VideoCapture:
 class SampledFrames:
     """Iterate (native frame index, BGR frame) for frames k*stride + stride//2 of a video.
 
-    After iteration `n_frames` holds the number of decoded frames; snippets whose `stride` frames are not
-    all present (the tail) are the caller's to drop: see `stprompt.sampling.snippet_frame_indices`.
+    After iteration `n_frames` holds the number of decoded frames and `declared_frames` the count the container
+    declares (None when it declares none); snippets whose `stride` frames are not all present (the tail) are the
+    caller's to drop: see `stprompt.sampling.snippet_frame_indices`.
     """
 
     def __init__(self, path: str | Path, stride: int):
         self.path = Path(path)
         self.stride = stride
         self.n_frames = 0
+        self.declared_frames: int | None = None
         self.size: tuple[int, int] | None = None  # (width, height) of the decoded frames
+
+    @property
+    def truncated(self) -> bool:
+        """True when fewer frames decoded than the container declares (beyond OpenCV's rounding of estimated
+        counts): a truncated or damaged file."""
+        return self.declared_frames is not None and self.n_frames < self.declared_frames - FRAME_COUNT_TOLERANCE
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         cap = open_capture(self.path)
+        declared = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.declared_frames = int(declared) if math.isfinite(declared) and declared > 0 else None
         try:
             index = 0
             while True:

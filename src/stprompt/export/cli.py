@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _thresholds(args: argparse.Namespace) -> dict[str, float]:
     if not 0 <= args.fusion_lambda <= 1 or args.tau_loc <= 0 or not 0 <= args.min_box_area < 1:
         raise UserError("need 0 <= --fusion-lambda <= 1, --tau-loc > 0 and 0 <= --min-box-area < 1")
+    if not (0 <= args.alarm_threshold <= 1 and 0 <= args.heat_threshold <= 1):
+        raise UserError("need 0 <= --alarm-threshold, --heat-threshold <= 1 (they are scores)")
     return {
         "alarm": args.alarm_threshold,
         "heat": args.heat_threshold,

@@ -18,7 +18,9 @@ Or let stp-run's own pipeline read the sources (URIs, as stp-run takes them) and
             handle(event)
 
 Events are `{"type": "frame", "source", "frame", "time", "score", "score_c", "class", "probs"}` per snippet
-and `{"type": "alarm", "state": "start" | "ongoing" | "end", ..., "boxes": [[x1, y1, x2, y2, score], ...]}`.
+and `{"type": "alarm", "state": "start" | "ongoing" | "end", ..., "boxes": [[x1, y1, x2, y2, score], ...]}`;
+a pipeline's live sources add `{"type": "source", "source", "state": "down" | "up", "reason", "time"}` per state
+change (they reconnect forever by default: `reconnect=N` gives up after N attempts, 0 never reconnects).
 """
 
 from __future__ import annotations
@@ -65,12 +67,14 @@ def open_pipeline(
     gate: float | str = "auto",
     status: bool = False,
     on_frame: Callable[[str, Frame], None] | None = None,
+    reconnect: int | None = None,
 ) -> Pipeline:
     """stp-run's pipeline over `sources` (URIs or Source objects, ids as stp-run gives them) into `outputs`
     (output URIs as --output takes them, or Sink objects), with stp-run's defaults: the same events as its
     JSON Lines. Unlike stp-run, no output is added by default: iterate the pipeline for the events.
     `status`: stp-run's status line on stderr. The pipeline owns the sources and outputs (use it as a context
-    manager, or call close())."""
+    manager, or call close(): a clean stop that still scores what was read). `reconnect`: the live sources' policy
+    as stp-run's --reconnect (None = forever)."""
     from .backends import open_backend
     from .pipeline import build_pipeline
     from .sinks import Status
@@ -78,4 +82,4 @@ def open_pipeline(
     backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
     return build_pipeline(backend, manifest, sources, outputs, lookahead=lookahead, alarm=alarm, localize=localize,
                           max_batch=max_batch, gate=gate, status=Status(False) if status else None,
-                          on_frame=on_frame)  # fmt: skip
+                          on_frame=on_frame, reconnect=reconnect)  # fmt: skip

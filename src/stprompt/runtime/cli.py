@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..cliformat import HelpFormatter
-from ..errors import UserError, cli_entry
+from ..errors import UserError, cli_entry, one_line
 from ..localize.heat import LocalizeSettings
 from .gating import LIVE_DEFAULT
 
@@ -85,7 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         "print their max errors as JSON, and exit",
     )
     p.add_argument("--check-frames", type=int, default=4, help="sampled frames compared by --check")
-    p.add_argument("--quiet", action="store_true", help="no status line")
+    p.add_argument(
+        "--reconnect",
+        type=_reconnect_value,
+        default=None,
+        metavar="forever|N",
+        help="live sources (rtsp/rtmp/http, cameras, csi, gst) that fail or are not up yet at start-up reconnect "
+        "with backoff (0.5 s doubling to 8 s): forever (default); N = give up after N failed attempts in a row "
+        "(the source fails; exit 1 when every source failed); 0 = never (a source that cannot deliver now is "
+        "refused, a stream that ends ends there). Files and folders: no effect",
+    )
+    p.add_argument("--quiet", action="store_true", help="no status line and no summary (source state changes "
+                   "and errors are still printed)")  # fmt: skip
     return p
 
 
@@ -96,6 +108,31 @@ def _gate_value(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected grey levels (a number) or auto, got {text!r}") from None
+
+
+def _in_range(value: float | None, flag: str, lowest: float, upper: float = math.inf, open_top: bool = False,
+              also: str = "") -> None:  # fmt: skip
+    """A flag's `value` (None: not given) in [lowest, upper] ([lowest, upper) with `open_top`); NaN, inf refused."""
+    if value is None or (math.isfinite(value) and lowest <= value and (value < upper if open_top else value <= upper)):
+        return
+    rule = f">= {lowest:g}" if upper == math.inf else f"in [{lowest:g}, {upper:g}{')' if open_top else ']'}"
+    raise UserError(f"{flag} must be {rule}{also}, got {value:g}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag's value, right after parsing: a bad one is one line and exit 2 before the engine, a source or an
+    output (an events file an earlier run left) is opened. Values from the bundle are checked when it loads."""
+    _in_range(args.lookahead, "--lookahead", 0)
+    _in_range(None if args.gate == "auto" else args.gate, "--gate", 0, also=" grey levels (a finite number) or auto")
+    _in_range(args.alarm_on, "--alarm-on", 0, 1)
+    _in_range(args.alarm_off, "--alarm-off", 0, 1)
+    _in_range(args.alarm_min, "--alarm-min", 1)
+    _in_range(args.heat_threshold, "--heat-threshold", 0, 1)
+    _in_range(args.min_box_area, "--min-box-area", 0, 1, open_top=True)
+    _in_range(args.max_batch, "--max-batch", 1)
+    _in_range(args.check_frames, "--check-frames", 1)
+    if args.alarm_on is not None and args.alarm_off is not None and args.alarm_off > args.alarm_on:
+        raise UserError(f"--alarm-off {args.alarm_off:g} must be <= --alarm-on {args.alarm_on:g}")
 
 
 def run_check(args, backend, manifest) -> int:
@@ -110,7 +147,7 @@ def run_check(args, backend, manifest) -> int:
     from .sources import open_source
 
     other, _ = open_backend(args.check, max_batch=args.max_batch)
-    src = open_source(args.sources[0])
+    src = open_source(args.sources[0], reconnect=0)  # frames now or a clear error, never a wait
     crops = []
     try:
         while len(crops) < args.check_frames and (frame := src.read()) is not None:
@@ -131,6 +168,9 @@ def _settings(args, manifest):
     from .detector import AlarmSettings
 
     thr = manifest.thresholds
+    if args.alarm_on is None and args.alarm_off is not None and args.alarm_off > thr.alarm:
+        raise UserError(f"--alarm-off {args.alarm_off:g} must be <= the bundle's alarm threshold {thr.alarm:g} "
+                        f"({manifest.path.name}: thresholds.alarm); set --alarm-on too")  # fmt: skip
     alarm = AlarmSettings.from_thresholds(thr, args.alarm_on, args.alarm_off, args.alarm_min)
     return alarm, LocalizeSettings.from_thresholds(thr, args.heat_threshold, args.min_box_area)
 
@@ -149,15 +189,30 @@ def _outputs(args: argparse.Namespace) -> list[Output]:
     return outputs
 
 
+def _reconnect_value(text: str) -> int | None:
+    if text.strip().lower() == "forever":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected forever or a whole number of attempts, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be forever or >= 0, got {value}")
+    return value
+
+
 @contextlib.contextmanager
-def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
+def stop_on_signals(pipeline: Pipeline) -> Iterator[list[int]]:
     """Ctrl-C (SIGINT) and SIGTERM stop the pipeline cleanly (the snippets already read are scored and written);
-    a second one aborts at once. A SIGINT that was ignored (a background job) or handled by a host stays so."""
+    a second one aborts at once. A SIGINT that was ignored (a background job) or handled by a host stays so.
+    Yields the list of the signals received (the first one decides stp-run's exit status)."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum, frame):
+        received.append(signum)
         if pipeline.stopping:
             raise KeyboardInterrupt
         pipeline.stop()
@@ -168,7 +223,7 @@ def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
             continue
         previous[sig] = signal.signal(sig, handler)
     try:
-        yield
+        yield received
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -177,6 +232,7 @@ def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
 @cli_entry("stp-run")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args)
     from .backends import open_backend
     from .pipeline import build_pipeline
     from .sinks import Status
@@ -189,17 +245,31 @@ def main(argv: list[str] | None = None) -> int:
     alarm, loc = _settings(args, manifest)
     pipeline = build_pipeline(backend, manifest, args.sources, _outputs(args), lookahead=args.lookahead, alarm=alarm,
                               localize=loc, max_batch=args.max_batch, gate=args.gate, status=Status(args.quiet),
-                              default_events="-")  # fmt: skip
-    with stop_on_signals(pipeline):
+                              default_events="-", reconnect=args.reconnect)  # fmt: skip
+    with stop_on_signals(pipeline) as received:
         try:
             pipeline.run()
         except KeyboardInterrupt:  # a second Ctrl-C: the events written so far stay valid JSON Lines
             pass
         finally:
             pipeline.close()
-    if pipeline.interrupted:
-        print(f"stp-run: interrupted; {pipeline.events_out} events written", file=sys.stderr)
-        return 130
+    return exit_status(pipeline, received)
+
+
+def exit_status(pipeline: Pipeline, signals: list[int]) -> int:
+    """0: every source ended (or some failed, others ended); 1: every source failed (live sources that gave
+    up), named on one line; 130 / 143: stopped by SIGINT / SIGTERM (130 too for the live window's q), after
+    scoring what was read."""
+    if signals or pipeline.interrupted:
+        how = f" by {signal.Signals(signals[0]).name}" if signals else ""
+        print(f"stp-run: interrupted{how}; {pipeline.events_out} events written", file=sys.stderr)
+        return 128 + signals[0] if signals else 130
+    report = pipeline.report()
+    failed = [r for r in report if r["end"] == "failed"]
+    if failed and len(failed) == len(report):
+        reasons = "; ".join(f"{r['source']}: {r['error']}" for r in failed)
+        print(f"stp-run: error: every source failed: {one_line(reasons)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -91,6 +91,7 @@ class Detector:
         manifest,
         *,
         lookahead: int | None = None,
+        lookahead_per_source: dict[str, int] | None = None,
         alarm: AlarmSettings | None = None,
         localize: LocalizeSettings | None = None,
         max_batch: int = 256,
@@ -110,7 +111,8 @@ class Detector:
         # has that graph; older bundles run SA2 inside the head graph on x_patch windows
         self.sa2_kernel = manifest.streams_sa2_kernel
         self.lookahead = self.context if lookahead is None else int(lookahead)
-        if self.lookahead < 0:
+        self.lookahead_per_source = {sid: int(v) for sid, v in (lookahead_per_source or {}).items()}
+        if self.lookahead < 0 or any(v < 0 for v in self.lookahead_per_source.values()):
             raise UserError("--lookahead must be >= 0")
         self.alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
         self.localize = localize or LocalizeSettings.from_thresholds(manifest.thresholds)
@@ -180,15 +182,19 @@ class Detector:
         state.next_sample = sampling.next_sampled(index, self.stride, self.offset)
         return True
 
+    def lookahead_for(self, source: str) -> int:
+        """The source's own lookahead (e.g. a few snippets for live cameras, exact for files), else the default."""
+        return self.lookahead_per_source.get(source, self.lookahead)
+
     def _state(self, sid: str) -> StreamState:
         if sid not in self.streams:
             if self.sa2_kernel:
                 k = self.head_settings.topk_windows
                 head = StreamingFeatureHead(
-                    self.backend.head_features, self.backend.dim, self.context - 1, self.lookahead, sa2_step, k
+                    self.backend.head_features, self.backend.dim, self.context - 1, self.lookahead_for(sid), sa2_step, k
                 )
             else:
-                head = StreamingHead(self.backend.head, self.backend.dim, self.context, self.lookahead)
+                head = StreamingHead(self.backend.head, self.backend.dim, self.context, self.lookahead_for(sid))
             self.streams[sid] = StreamState(head=head, next_sample=self.offset)
         return self.streams[sid]
 

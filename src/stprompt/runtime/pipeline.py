@@ -7,16 +7,21 @@ Files are read as fast as the detector goes and never drop a frame. Live sources
 polled for LIVE_WAIT_S, and a batch is cut as soon as a round over the streams has given any frame (latency over
 batch size); the sources themselves drop what the pipeline was too slow for. A stop (`stop()`: a signal handler,
 another thread, or a sink such as the live window asking) ends reading at the next batch boundary and still
-scores every snippet already read: each open stream is finished with its true end. Torch-free.
+scores every snippet already read: each open stream is finished with its true end; close() on the iterating
+thread is such a stop too. A live source's state changes (down / up, `source` events) reach every sink and one
+stderr line each; a down ends that stream as an end of file does (a reconnect starts a new one), and `report()`
+tells per source how it ended. Torch-free.
 """
 
 from __future__ import annotations
 
+import inspect
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from ..errors import UserError, inform
 from ..sampling import is_sampled
 
 if TYPE_CHECKING:
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
     from .sources import Source
 
 LIVE_WAIT_S = 0.02  # how long one live source may hold up the others in a round of reads
+QUIET_ROUNDS_S = 0.5  # while no live source gives a frame (all down), the status line is refreshed this often
 
 
 def gate_thresholds(gate: float | str, sources: Sequence[Any]) -> tuple[float, dict[str, float]]:
@@ -37,9 +43,10 @@ def gate_thresholds(gate: float | str, sources: Sequence[Any]) -> tuple[float, d
     return 0.0, {s.id: LIVE_DEFAULT if s.live else 0.0 for s in sources}
 
 
-def open_sources(sources: Sequence[str | Source]) -> list[Source]:
+def open_sources(sources: Sequence[str | Source], reconnect: int | None = None) -> list[Source]:
     """Open URIs (Source objects pass through) with stp-run's ids: the URI with credentials redacted, prefixed
-    `i:` when there are several. All or none: those opened are closed when one fails."""
+    `i:` when there are several; `reconnect`: the live sources' policy (None = forever, N attempts, 0 = never;
+    `sources.open_source`). All or none: those opened are closed when one fails."""
     from .sources import Source, open_source, redact
 
     opened: list[Source] = []
@@ -49,7 +56,7 @@ def open_sources(sources: Sequence[str | Source]) -> list[Source]:
                 opened.append(src)
                 continue
             sid = redact(src) if len(sources) == 1 else f"{i}:{redact(src)}"
-            opened.append(open_source(src, source_id=sid))
+            opened.append(open_source(src, source_id=sid, reconnect=reconnect))
     except BaseException:
         for s in opened:
             s.close()
@@ -60,14 +67,22 @@ def open_sources(sources: Sequence[str | Source]) -> list[Source]:
 def build_pipeline(backend, manifest, sources: Sequence[str | Source], outputs: Sequence[Any] = (), *,
                    lookahead: int | None = None, alarm=None, localize=None, max_batch: int = 256,
                    gate: float | str = "auto", status: Status | None = None, default_events: str | None = None,
-                   on_frame: Callable[[str, Frame], None] | None = None) -> Pipeline:  # fmt: skip
+                   on_frame: Callable[[str, Frame], None] | None = None,
+                   reconnect: int | None = None) -> Pipeline:  # fmt: skip
     """Sources (URIs or Source objects), outputs (URIs or Sinks), a Detector and the Pipeline over them: what
     stp-run and `api.open_pipeline` both assemble. All or nothing: what was opened is closed when a part fails."""
     from .detector import AlarmSettings, Detector
-    from .sinks import OutputContext, open_outputs
+    from .sinks import OutputContext, check_outputs, open_outputs
 
     alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
-    opened = open_sources(sources)
+    try:  # every output (a video's folder and encoder too) before a source is opened or an events file truncated
+        check_outputs(outputs)
+    except BaseException:
+        for given in (*sources, *outputs):  # Source and Sink objects handed in are ours to close, as below
+            if callable(getattr(given, "close", None)):
+                given.close()
+        raise
+    opened = open_sources(sources, reconnect)
     sinks: list[Sink] = []
     try:
         ctx = OutputContext.for_run(opened, manifest.stride, alarm.on)
@@ -125,16 +140,22 @@ class Pipeline:
         self.events_out = 0  # events handed to the sinks
         self._stop = False
         self._started = False
-        self._closed = False
+        self._released = False
+        self._run_gen: Iterator[dict[str, Any]] | None = None  # the running events() generator, once it started
+        self._owner: int | None = None  # the thread iterating it
         self._read: dict[str, int] = dict.fromkeys(ids, 0)
+        self._endings: dict[str, str] = {}  # source id -> how it ended (report())
+        self._states: dict[str, str] = {}  # source id -> its last `source` event's state (live sources)
         self._chained = detector.on_snippet
         detector.on_snippet = self._snippet
 
     # -- public ---------------------------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, int]:
-        """The detector's counters, plus frames read, frames the live sources dropped and events written."""
-        return {**self.detector.stats, "frames": self.frames, "dropped": self._drops(), "events": self.events_out}
+        """The detector's counters, plus frames read, frames the live sources dropped, unreadable images skipped and
+        events written."""
+        return {**self.detector.stats, "frames": self.frames, "dropped": self._drops(), "skipped": self._skipped(),
+                "events": self.events_out}  # fmt: skip
 
     @property
     def stopping(self) -> bool:
@@ -151,48 +172,27 @@ class Pipeline:
         return self.events()
 
     def events(self) -> Iterator[dict[str, Any]]:
-        """Run, yielding each event (the dicts the JSON Lines sink writes) after the sinks got it.
+        """Run, yielding each event (the dicts the JSON Lines sink writes) after the sinks got it: frame and alarm
+        events, and the live sources' `source` events (state changes: down / up).
 
-        Runs once; closes sources and sinks when it ends, is closed early, or fails.
+        Runs once; releases sources and sinks when it ends or fails. Stopping it early: stop() or close().
         """
-        if self._started:
-            raise RuntimeError("a Pipeline runs once")
-        self._started = True
-        active = list(self.sources)
-        try:
-            while active and not self._stop:
-                chunk: list[tuple[str, Frame]] = []
-                sampled, read, t0 = 0, 0, time.perf_counter()
-                live = any(s.live for s in active)
-                while active and not self._stop and sampled < self.sampled_per_batch and not (live and chunk):
-                    for src in list(active):
-                        frame = self._next(src)
-                        if frame is None and src.live and not src.ended and not self._at_limit(src):
-                            continue  # nothing new from this camera yet: serve the next stream
-                        if frame is None:
-                            yield from self._process(chunk)
-                            chunk = []
-                            yield from self._write(self.detector.finish(src.id))
-                            active.remove(src)
-                            continue
-                        chunk.append((src.id, frame))
-                        read += 1
-                        sampled += is_sampled(frame.index, self.detector.stride, self.detector.offset)
-                yield from self._process(chunk)
-                self.frames += read
-                if any(s.stop_requested for s in self.sinks):
-                    self.stop()
-                self._update_status(read, time.perf_counter() - t0)
-            self.interrupted = bool(active)
-            for src in active:  # stopped: score every snippet already read
-                yield from self._write(self.detector.finish(src.id))
-            self._update_status(0, 0.0, force=True)
-        except KeyboardInterrupt:  # a hard stop (a second Ctrl-C): no more scoring
-            self.interrupted = True
-            self._update_status(0, 0.0, force=True)
-            raise
-        finally:
-            self.close()
+        holder: list[Iterator[dict[str, Any]]] = []
+        gen = self._events(holder)
+        holder.append(gen)
+        return gen
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per source: `source`, `live`, `frames` read, `dropped`, `reconnects`, `end` (how it ended: "ended" at
+        its end, "failed" with the reason in `error` (a live source that gave up), "stopped" by a stop or close,
+        "frame limit", "aborted" by a second signal; "running" before the end)."""
+        return [
+            {"source": s.id, "live": bool(s.live), "frames": self._read[s.id],
+             "dropped": int(s.stats.get("dropped", 0)), "reconnects": int(s.stats.get("reconnects", 0)),
+             "end": self._endings.get(s.id, "running"),
+             "error": getattr(s, "error", None) if self._endings.get(s.id) == "failed" else None}
+            for s in self.sources
+        ]  # fmt: skip
 
     def stop(self) -> None:
         """Stop reading at the next batch boundary; the snippets already read are still scored. Only sets a flag:
@@ -200,23 +200,154 @@ class Pipeline:
         self._stop = True
 
     def close(self) -> None:
-        """Release sources and sinks (once). After a run, or to abandon one that never started."""
-        if self._closed:
+        """End the run cleanly and release sources and sinks (once).
+
+        Called on the thread iterating the run while it is paused (after a `break` out of `for event in
+        pipeline`, or by `with` leaving the block), it is a stop: every stream is finished with its true end as
+        at an end of file, so the sinks get the snippets already read (scored and flushed; the abandoned
+        iterator yields nothing more), then everything is released. From another thread, or from a callback
+        inside the run (a sink, on_frame), it only asks that stop (as stop()): the run then scores, flushes and
+        releases by itself. Before a run, it only releases.
+        """
+        if self._released:
             return
-        self._closed = True
+        gen = self._run_gen
+        state = inspect.getgeneratorstate(gen) if gen is not None else None  # type: ignore[arg-type]
+        if state == inspect.GEN_RUNNING or (state == inspect.GEN_SUSPENDED and threading.get_ident() != self._owner):
+            self.stop()
+            return
+        if state == inspect.GEN_SUSPENDED:
+            self.stop()
+            for _ in gen:  # type: ignore[union-attr] - the rest of the run: finish the streams, then release
+                pass
+        self._release()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        gen = self._run_gen  # an error or Ctrl-C inside the block is no clean stop: release without scoring
+        if gen is not None and inspect.getgeneratorstate(gen) == inspect.GEN_SUSPENDED:  # type: ignore[arg-type]
+            gen.close()  # type: ignore[attr-defined]
+        self._release()
+
+    # -- the run --------------------------------------------------------------------------------------
+    def _events(self, holder: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        if self._started or self._released:
+            raise RuntimeError("a Pipeline runs once")
+        self._started = True
+        self._run_gen, self._owner = holder[0], threading.get_ident()
+        active = list(self.sources)
+        try:
+            while active and not self._stop:
+                chunk: list[tuple[str, Frame]] = []
+                changes: list[tuple[Source, dict[str, Any]]] = []  # live sources' state changes in this batch
+                sampled, read, t0 = 0, 0, time.perf_counter()
+                live = any(s.live for s in active)
+                while (active and not self._stop and sampled < self.sampled_per_batch
+                       and not (live and (chunk or changes))):  # fmt: skip
+                    for src in list(active):
+                        if change := self._changes_of(src):  # applied before its next frame is read: a down
+                            changes += change  # ends the stream, frames after a reconnect start a new one
+                            continue
+                        frame = self._next(src)
+                        if frame is None and src.live and not src.ended and not self._at_limit(src):
+                            continue  # nothing new from this camera yet (or it is down): serve the next stream
+                        if frame is None:
+                            yield from self._process(chunk)
+                            chunk = []
+                            changes += self._changes_of(src)  # its last ones (a live source that gave up)
+                            yield from self._write(self.detector.finish(src.id))
+                            self._endings[src.id] = self._ending(src)
+                            active.remove(src)
+                            continue
+                        chunk.append((src.id, frame))
+                        read += 1
+                        sampled += is_sampled(frame.index, self.detector.stride, self.detector.offset)
+                    if live and not chunk and time.perf_counter() - t0 >= QUIET_ROUNDS_S:
+                        break  # no frame from any camera for a while (down, reconnecting): refresh the status line
+                yield from self._process(chunk)
+                yield from self._apply(changes)
+                self.frames += read
+                if any(s.stop_requested for s in self.sinks):
+                    self.stop()
+                self._update_status(read, time.perf_counter() - t0)
+            self.interrupted = bool(active)
+            for src in active:  # stopped: score every snippet already read
+                yield from self._apply(self._changes_of(src))
+                yield from self._write(self.detector.finish(src.id))
+                self._endings[src.id] = "stopped"
+            self._update_status(0, 0.0, force=True)
+            self._summary()
+        except KeyboardInterrupt:  # a hard stop (a second Ctrl-C): no more scoring
+            self.interrupted = True
+            for src in active:
+                self._endings.setdefault(src.id, "aborted")
+            self._update_status(0, 0.0, force=True)
+            self._summary()
+            raise
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Release sources and sinks, once."""
+        if self._released:
+            return
+        self._released = True
         self.detector.on_snippet = self._chained
         for s in self.sources:
             s.close()
         for sink in self.sinks:
             sink.close()
 
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- internals ------------------------------------------------------------------------------------
+    def _changes_of(self, src: Source) -> list[tuple[Source, dict[str, Any]]]:
+        take = getattr(src, "take_events", None)  # Source objects of the caller's own may not have it
+        return [(src, event) for event in take()] if take is not None else []
+
+    def _apply(self, changes: list[tuple[Source, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        """Live sources' state changes: one log line each and a `source` event to every sink. A source going down
+        ends its stream there as an end of file does (the snippets read are scored, an alarm is closed); frames
+        after a reconnect start a new one."""
+        for src, event in changes:
+            if event.get("state") == "down":
+                yield from self._write(self.detector.finish(src.id))
+            self._states[src.id] = str(event.get("state"))
+            inform(f"source {src.id} {event.get('state')}: {event.get('reason')}")
+            yield from self._write([event])
+
+    def _ending(self, src: Source) -> str:
+        if getattr(src, "error", None):
+            return "failed"
+        return "frame limit" if self._at_limit(src) else "ended"
+
+    def _summary(self) -> None:
+        """One line per source on stderr when the status line is shown: frames, reconnects, drops, how it ended."""
+        if self.status is None or getattr(self.status, "quiet", False):
+            return
+        for r in self.report():
+            counts = f"{r['frames']} frames"
+            if r["live"]:
+                counts += f", {r['reconnects']} reconnect{'s' * (r['reconnects'] != 1)}, {r['dropped']} dropped"
+            inform(f"summary: {r['source']}: {counts}; {r['end']}{': ' + r['error'] if r['error'] else ''}")
+
+    def _reconnect_note(self) -> str:
+        """The live sources' reconnects for the status line: `reconnects 2`, `reconnects 0:1 2:0 (down)`."""
+        live = [(i, s) for i, s in enumerate(self.sources) if s.live]
+        if not live:
+            return ""
+
+        def one(s: Source) -> str:
+            down = " (down)" if self._states.get(s.id) == "down" else ""
+            return f"{int(s.stats.get('reconnects', 0))}{down}"
+
+        if len(self.sources) == 1:
+            return f"reconnects {one(live[0][1])}"
+        return "reconnects " + " ".join(f"{i}:{one(s)}" for i, s in live)
+
     def _at_limit(self, src: Source) -> bool:
         return self.max_frames is not None and self._read[src.id] >= self.max_frames
 
@@ -254,6 +385,10 @@ class Pipeline:
     def _drops(self) -> int:
         return sum(int(s.stats.get("dropped", 0)) for s in self.sources)
 
+    def _skipped(self) -> int:
+        return sum(int(s.stats.get("skipped", 0)) for s in self.sources)
+
     def _update_status(self, frames: int, latency: float, force: bool = False) -> None:
         if self.status is not None:
-            self.status.update(frames, self.detector.stats, latency, self._drops(), force=force)
+            self.status.update(frames, self.detector.stats, latency, self._drops(), force=force,
+                               skipped_frames=self._skipped(), reconnects=self._reconnect_note())  # fmt: skip

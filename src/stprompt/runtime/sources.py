@@ -4,18 +4,25 @@
 - `csi://0[?width=1280&height=720&fps=30&flip=0]`: a Jetson CSI camera through nvarguscamerasrc (live, GStreamer)
 - `gst:<pipeline>`: any GStreamer pipeline ending in appsink (live, GStreamer)
 - `rtsp://`, `rtsps://`, `rtmp://`, `http(s)://`: a network stream through FFmpeg (live, reconnects)
-- a video file path or `file://path`: every frame at full speed, none dropped
-- a directory of jpg/jpeg/png/bmp images (sorted by name), optional `?fps=N` (default 25)
+- a video file path or `file://path`: every frame at full speed, none dropped; one that ends before the frame
+  count its container declares (truncated, damaged) gets a warning line
+- a directory of jpg/jpeg/png/bmp images (sorted by name), optional `?fps=N` (default 25); an unreadable image
+  is skipped with a warning line and counted in `stats["skipped"]`, its index left unused (as a dropped frame
+  leaves it, so the times of the others stay right)
 
 Live sources decode on a reader thread that keeps only the newest frame: a pipeline slower than the camera
-skips frames (counted in `stats["dropped"]`) instead of building latency. Files and image folders are read on
+skips frames (counted in `stats["dropped"]`) instead of building latency. They reconnect with capped exponential
+backoff (0.5 s doubling to 8 s), forever by default and also when not up yet at start-up, and report each state
+change as a `source` event (LiveSource). Files and image folders are read on
 the caller's thread and never drop a frame, so a file gives exactly the frames `stp-extract` sees.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
+import random
 import re
 import sys
 import threading
@@ -28,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import cv2
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line, warn
 from .frames import Frame  # the one Frame type; `from stprompt.runtime.sources import Frame` keeps working
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -36,14 +43,32 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 DEFAULT_FILE_FPS = 25.0  # video files without a usable fps, and image folders without ?fps=
 DEFAULT_LIVE_FPS = 30.0  # nominal only: live frame times are wall-clock
 STREAM_TIMEOUT_MS = 10_000  # FFmpeg open / read timeout of network streams
+FRAME_COUNT_TOLERANCE = 1  # frames a video may fall short of its container's count without a warning
 
 
-def backoff_delays(first: float = 0.5, cap: float = 8.0, attempts: int = 8) -> list[float]:
-    """Reconnect waits: `first` doubling up to `cap`, `attempts` of them (0.5, 1, 2, 4, 8, 8, 8, 8 s)."""
+def backoff_delays(first: float = 0.5, cap: float = 8.0, attempts: int | None = None) -> list[float]:
+    """Reconnect waits: `first` doubling up to `cap` (0.5, 1, 2, 4, 8 s); a live source repeats the last one for
+    every later attempt. `attempts`: exactly that many waits (the cap repeated)."""
+    if attempts is None:
+        attempts = 1 + max(0, math.ceil(math.log2(cap / first))) if 0 < first < cap else 1
     return [min(cap, first * 2**i) for i in range(attempts)]
 
 
 DEFAULT_BACKOFF = tuple(backoff_delays())
+BACKOFF_JITTER = 0.1  # each wait is stretched or shrunk by up to 10 %, so cameras that fell together do not retry
+# in lockstep
+
+
+def reconnect_attempts(reconnect: bool | int | None) -> int | None:
+    """A reconnect policy as attempts after each outage: None = forever (None or True), 0 = never (False or 0),
+    N = give up after N failed attempts in a row."""
+    if reconnect is None or reconnect is True:
+        return None
+    if reconnect is False:
+        return 0
+    if isinstance(reconnect, int) and reconnect >= 0:
+        return reconnect
+    raise ValueError(f"reconnect must be None (forever), True, False or a whole number >= 0, not {reconnect!r}")
 
 
 class Capture(Protocol):
@@ -72,7 +97,7 @@ class Source(abc.ABC):
     """A stream of frames. `read()` returns the next Frame, or None at the end of the stream (or after close).
 
     `size` is (width, height) of the first frame; `stats` counts frames returned, frames dropped (live sources
-    only) and successful reconnects.
+    only) and successful reconnects; an image folder's also counts the unreadable images it skipped (`skipped`).
     """
 
     def __init__(self, uri: str, source_id: str, live: bool, fps: float, size: tuple[int, int] | None):
@@ -93,6 +118,12 @@ class Source(abc.ABC):
     def ended(self) -> bool:
         """True once the stream has ended or was closed (read() returns None from now on)."""
         return self._done
+
+    error: str | None = None  # why the stream ended, when it ended in failure (a live source that gave up)
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """State changes since the last call, as `source` events (live sources: down / up); none for files."""
+        return []
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -130,6 +161,8 @@ class VideoFileSource(Source):
         size = (image.shape[1], image.shape[0])
         super().__init__(uri or str(path), source_id or _safe_id(path.stem), False, fps, size)
         self.path = path
+        declared = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.declared_frames = int(declared) if math.isfinite(declared) and declared > 0 else None  # container's
         self._cap: Any = cap
         self._pending: np.ndarray | None = image
         self._next = 0
@@ -142,11 +175,19 @@ class VideoFileSource(Source):
             ok, image = self._cap.read()
             if not ok or image is None:
                 self.close()
+                self._check_length()
                 return None
         frame = Frame(image, self._next, self._next / self.fps)
         self._next += 1
         self.stats["frames"] += 1
         return frame
+
+    def _check_length(self) -> None:
+        """At the end of the file: warn when fewer frames decoded than the container declares (OpenCV's count is
+        exact for mp4 / avi, estimated from the duration for some containers, hence a tolerance)."""
+        if self.declared_frames is not None and self._next < self.declared_frames - FRAME_COUNT_TOLERANCE:
+            warn(f"{self.path}: the video ends after {self._next} of the {self.declared_frames} frames its container "
+                 "declares (truncated or damaged)")  # fmt: skip
 
     def close(self) -> None:
         if self._cap is not None:
@@ -157,7 +198,10 @@ class VideoFileSource(Source):
 
 
 class ImageFolderSource(Source):
-    """Images of a directory sorted by file name, one frame each, time = index / fps."""
+    """Images of a directory sorted by file name, one frame each: index = position in the folder, time = index /
+    fps. An unreadable image (corrupt, not an image, gone) is skipped with a warning line and counted in
+    `stats["skipped"]`; its index stays unused, as a dropped frame's would. A folder with no readable image is
+    refused (UserError)."""
 
     def __init__(self, directory: Path, fps: float = DEFAULT_FILE_FPS, source_id: str | None = None,
                  uri: str | None = None):  # fmt: skip
@@ -165,30 +209,53 @@ class ImageFolderSource(Source):
                        key=lambda p: p.name)  # fmt: skip
         if not files:
             raise UserError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
-        first = self._load(files[0])
-        super().__init__(uri or str(directory), source_id or _safe_id(directory.name), False, fps,
-                         (first.shape[1], first.shape[0]))  # fmt: skip
-        self.path = directory
         self.files = files
-        self._pending: np.ndarray | None = first
+        self.fps = fps
         self._next = 0
+        unreadable: list[Path] = []
+        first = self._next_frame(unreadable)
+        if first is None:
+            raise UserError(f"{directory}: none of its {len(files)} images can be read (corrupt or not images)")
+        super().__init__(uri or str(directory), source_id or _safe_id(directory.name), False, fps,
+                         (first.image.shape[1], first.image.shape[0]))  # fmt: skip
+        self.path = directory
+        self.stats["skipped"] = 0
+        self._pending: Frame | None = first
+        for path in unreadable:  # warned once the folder is known to hold an image at all
+            self._skipped(path)
 
     @staticmethod
-    def _load(path: Path) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserError(f"{path}: cannot read this image (corrupt or not an image)")
-        return image
+    def _load(path: Path) -> np.ndarray | None:
+        try:
+            return cv2.imread(str(path), cv2.IMREAD_COLOR)
+        except cv2.error:  # e.g. an image larger than OpenCV's pixel limit
+            return None
+
+    def _skipped(self, path: Path) -> None:
+        self.stats["skipped"] += 1
+        warn(f"{path}: cannot read this image (corrupt or not an image); skipped")
+
+    def _next_frame(self, unreadable: list[Path] | None = None) -> Frame | None:
+        """The next readable image as a Frame; unreadable ones on the way are skipped (or collected)."""
+        while self._next < len(self.files):
+            index, path = self._next, self.files[self._next]
+            self._next += 1
+            image = self._load(path)
+            if image is not None:
+                return Frame(image, index, index / self.fps)
+            if unreadable is None:
+                self._skipped(path)
+            else:
+                unreadable.append(path)
+        return None
 
     def read(self, timeout: float | None = None) -> Frame | None:
-        if self._next >= len(self.files):
+        frame, self._pending = self._pending, None
+        if frame is None:
+            frame = self._next_frame()
+        if frame is None:
             self._done = True
             return None
-        image, self._pending = self._pending, None
-        if image is None:
-            image = self._load(self.files[self._next])
-        frame = Frame(image, self._next, self._next / self.fps)
-        self._next += 1
         self.stats["frames"] += 1
         return frame
 
@@ -199,95 +266,163 @@ class ImageFolderSource(Source):
 
 
 class LiveSource(Source):
-    """A camera or network stream read on its own thread, handing out only the newest frame.
+    """A camera or network stream read on its own thread, handing out only the newest frame, reconnecting.
 
-    `open_capture` makes a capture (called again on reconnect); the first frame is read before the
-    constructor returns, so a camera or stream that cannot deliver fails here with `open_error`. On a failed
-    read the capture is reopened after each wait in `backoff` (bounded); `stats["reconnects"]` counts the
-    recoveries (frames flowing again). Frame indices count every frame decoded, so dropped frames leave gaps.
+    `open_capture` makes a capture (called again on every reconnect). The first connection is tried before the
+    constructor returns: when it delivers a frame the source starts `up` (its fps and size known), otherwise it
+    starts `down` and keeps trying on its thread; with `reconnect=0` a source that cannot deliver is refused
+    here with `open_error` instead. A failed read (the stream ended, the connection was lost, the camera was
+    unplugged) releases the capture and reconnects after waits of `backoff` (the last one repeated, each
+    +-`jitter`): forever by default (`reconnect=None`), or until `reconnect` attempts in a row failed, when
+    the source ends with `error` set. `reconnect=0`: the first failed read ends the stream cleanly, as the end
+    of a file.
+
+    Each state change is a `source` event, `{"type": "source", "source", "state": "up" | "down", "reason",
+    "time"}` (`time`: seconds since the source was opened, as the frames' times), handed out by
+    `take_events()` once the frames read before it have been handed out; a source that gives up ends with one
+    more `down` whose reason starts with "gave up". `stats["reconnects"]` counts the recoveries (frames
+    flowing again). Frame indices count every frame decoded, so dropped frames and outages leave gaps.
     """
 
     def __init__(self, uri: str, open_capture: Callable[[], Capture], *, source_id: str, open_error: str,
-                 fps: float | None = None, reconnect: bool = True, backoff: Sequence[float] = DEFAULT_BACKOFF,
+                 fps: float | None = None, reconnect: bool | int | None = None,
+                 backoff: Sequence[float] = DEFAULT_BACKOFF, jitter: float = BACKOFF_JITTER,
                  clock: Callable[[], float] = time.monotonic):  # fmt: skip
         self._open_capture = open_capture
         self._clock = clock
         self._t0 = clock()
-        cap = self._try_open()
-        ok, image = cap.read() if cap is not None else (False, None)
-        if not ok or image is None:
-            if cap is not None:
-                cap.release()
-            raise UserError(open_error)
-        super().__init__(uri, source_id, True, fps or _fps(cap.get(cv2.CAP_PROP_FPS), DEFAULT_LIVE_FPS),
-                         (image.shape[1], image.shape[0]))  # fmt: skip
-        self.reconnect = reconnect
-        self.backoff = tuple(backoff)
-        self.error: str | None = None  # why the stream ended, when it did not end cleanly
+        self.open_error = open_error
+        self.max_attempts = reconnect_attempts(reconnect)
+        self.backoff = tuple(backoff) or (0.0,)
+        self.jitter = jitter
+        cap, image, reason = self._connect()
+        if cap is None and self.max_attempts == 0:
+            raise UserError(reason)
+        size = None if image is None else (image.shape[1], image.shape[0])
+        native = _fps(cap.get(cv2.CAP_PROP_FPS), DEFAULT_LIVE_FPS) if cap is not None else DEFAULT_LIVE_FPS
+        super().__init__(uri, source_id, True, fps or native, size)
+        self.state = "up" if cap is not None else "down"
+        self.error: str | None = None  # why the stream ended, when it gave up (or the reader failed)
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._latest: Frame | None = Frame(image, 0, self._clock() - self._t0)
+        self._latest: Frame | None = None
+        self._index = 0  # the next decoded frame's index
+        self._events: list[tuple[int, dict[str, Any]]] = []  # (index of the last frame before it, event)
         self._ended = False
+        if image is not None:
+            self._change("up", f"connected ({size[0]}x{size[1]}, {self.fps:g} fps)")
+            self._publish(image)
+        else:
+            self._change("down", f"{reason}; {self._retry_note()}")
         self._thread = threading.Thread(target=self._run, args=(cap,), name=f"stp-source-{source_id}", daemon=True)
         self._thread.start()
 
-    def _try_open(self) -> Capture | None:
+    @property
+    def reconnect(self) -> bool:
+        """True when a failed read is followed by reconnect attempts."""
+        return self.max_attempts != 0
+
+    def _retry_note(self) -> str:
+        low, high = min(self.backoff), max(self.backoff)
+        waits = f"{low:g}-{high:g} s" if high > low else f"{high:g} s"
+        limit = "" if self.max_attempts is None else f", at most {self.max_attempts} attempts"
+        return f"reconnecting (waits {waits}{limit})"
+
+    def _delay(self, attempt: int) -> float:
+        base = self.backoff[min(attempt, len(self.backoff) - 1)]
+        return max(0.0, base * (1.0 + self.jitter * (2.0 * random.random() - 1.0)))
+
+    def _connect(self) -> tuple[Capture | None, np.ndarray | None, str]:
+        """(capture, its first frame, "") when a frame came, else (None, None, why not); never raises."""
         try:
             cap = self._open_capture()
-        except Exception:  # noqa: BLE001 - a failed (re)open is retried or reported, whatever OpenCV raised
-            return None
-        if cap is None or not cap.isOpened():
-            if cap is not None:
-                cap.release()
-            return None
-        return cap
+        except Exception as err:  # noqa: BLE001 - whatever OpenCV or a driver raised is a failed attempt
+            return None, None, f"{self.open_error} ({type(err).__name__}: {first_line(err)})"
+        if cap is None:
+            return None, None, self.open_error
+        try:
+            ok, image = cap.read() if cap.isOpened() else (False, None)
+        except Exception:  # noqa: BLE001 - as above
+            ok, image = False, None
+        if not ok or image is None:
+            _release(cap)
+            return None, None, self.open_error
+        return cap, image, ""
 
-    def _publish(self, image: np.ndarray, index: int) -> None:
-        frame = Frame(image, index, self._clock() - self._t0)
+    def _publish(self, image: np.ndarray) -> None:
+        frame = Frame(image, self._index, self._clock() - self._t0)
+        self._index += 1
         with self._cond:
             if self._latest is not None:
                 self.stats["dropped"] += 1  # the consumer never saw it: a newer frame replaces it
             self._latest = frame
             self._cond.notify_all()
 
+    def _change(self, state: str, reason: str) -> None:
+        event = {"type": "source", "source": self.id, "state": state, "reason": reason,
+                 "time": round(self._clock() - self._t0, 4)}  # fmt: skip
+        with self._cond:
+            self.state = state
+            self._events.append((self._index - 1, event))
+            self._cond.notify_all()
+
     def _run(self, cap: Capture | None) -> None:
-        index, attempt = 1, 0
+        attempts = 0  # failed attempts since the stream went down
+        down_since = None if cap is not None else self._t0
+        reason = self.open_error
         try:
             while not self._stop.is_set():
-                ok, image = cap.read() if cap is not None else (False, None)
-                if self._stop.is_set():
-                    break
-                if ok and image is not None:
-                    if attempt:
-                        attempt = 0
-                        with self._cond:
-                            self.stats["reconnects"] += 1
-                    self._publish(image, index)
-                    index += 1
+                if cap is None:
+                    if self.max_attempts is not None and attempts >= self.max_attempts:
+                        self.error = f"gave up after {attempts} reconnect attempt{'s' * (attempts != 1)}: {reason}"
+                        self._change("down", self.error)
+                        return
+                    if self._stop.wait(self._delay(attempts)):
+                        return
+                    attempts += 1
+                    cap, image, why = self._connect()
+                    if cap is None:
+                        reason = why
+                        continue
+                    if self._stop.is_set():
+                        return
+                    with self._cond:
+                        self.stats["reconnects"] += 1
+                    down = self._clock() - (down_since if down_since is not None else self._t0)
+                    self._change("up", f"reconnected after {attempts} attempt{'s' * (attempts != 1)}, {down:.1f} s "
+                                 "without frames")  # fmt: skip
+                    self._publish(image)
+                    attempts, down_since = 0, None
                     continue
-                if cap is not None:
-                    cap.release()
-                    cap = None
-                if not self.reconnect:
-                    break
-                if attempt >= len(self.backoff):
-                    self.error = f"{redact(self.uri)}: no frames after {attempt} reconnect attempts"
-                    break
-                if self._stop.wait(self.backoff[attempt]):
-                    break
-                attempt += 1
-                cap = self._try_open()
-        except Exception as err:  # noqa: BLE001 - end the stream, keep the reason for the caller
-            self.error = f"{redact(self.uri)}: {type(err).__name__}: {err}"
+                try:
+                    ok, image = cap.read()
+                    why = "no frame (the stream ended or the connection was lost)"
+                except Exception as err:  # noqa: BLE001 - a failed read, whatever raised it
+                    ok, image, why = False, None, f"read failed: {type(err).__name__}: {first_line(err)}"
+                if self._stop.is_set():
+                    return
+                if ok and image is not None:
+                    self._publish(image)
+                    continue
+                _release(cap)
+                cap, down_since, reason = None, self._clock(), why
+                if self.max_attempts == 0:
+                    self._change("down", f"{why}; not reconnecting (reconnect off): the stream ends here")
+                    return
+                self._change("down", f"{why}; {self._retry_note()}")
+        except Exception as err:  # noqa: BLE001 - a bug here must not hang the run: end the stream, say why
+            self.error = f"reader failed: {type(err).__name__}: {first_line(err)}"
+            self._change("down", self.error)
         finally:
             if cap is not None:
-                cap.release()
+                _release(cap)
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
 
     def read(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame not yet returned; blocks until one exists (at most `timeout` s when given).
+        """The newest frame not yet returned; blocks until one exists (at most `timeout` s when given; while the
+        source is down, until it is up again or gives up).
 
         None once the stream ended or was closed, or on timeout (then `ended` is still False).
         """
@@ -305,6 +440,14 @@ class LiveSource(Source):
                 self.stats["frames"] += 1
             return frame
 
+    def take_events(self) -> list[dict[str, Any]]:
+        """The `source` events (state changes) whose earlier frames have all been handed out (read or dropped)."""
+        with self._cond:
+            ready: list[dict[str, Any]] = []
+            while self._events and (self._latest is None or self._latest.index > self._events[0][0]):
+                ready.append(self._events.pop(0)[1])
+            return ready
+
     @property
     def ended(self) -> bool:
         with self._cond:
@@ -316,6 +459,11 @@ class LiveSource(Source):
             self._cond.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)  # a read blocked inside FFmpeg ends at its timeout; the thread is a daemon
+
+
+def _release(cap: Capture) -> None:
+    with contextlib.suppress(Exception):  # a capture that cannot even be released is gone anyway
+        cap.release()
 
 
 # --- URIs ----------------------------------------------------------------------------------------------------------
@@ -390,9 +538,16 @@ def classify_uri(uri: str) -> tuple[str, Any]:
     return "file", path
 
 
-def _camera_capture(target: int | str) -> Callable[[], Any]:
-    api = cv2.CAP_V4L2 if sys.platform.startswith("linux") and hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY
-    return lambda: cv2.VideoCapture(target, api)
+def _camera_capture(target: int | str, device: str) -> Callable[[], Any]:
+    linux = sys.platform.startswith("linux")
+    api = cv2.CAP_V4L2 if linux and hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY
+
+    def open_camera() -> Any:
+        if linux and not Path(device).exists():  # not plugged in (yet): no capture, without OpenCV's probing
+            return None
+        return cv2.VideoCapture(target, api)
+
+    return open_camera
 
 
 def _gst_capture(pipeline: str, uri: str) -> Callable[[], Any]:
@@ -416,10 +571,14 @@ def _ffmpeg_capture(uri: str) -> Callable[[], Any]:
     return lambda: cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
 
 
-def open_source(uri: str, *, source_id: str | None = None, reconnect: bool = True) -> Source:
+def open_source(uri: str, *, source_id: str | None = None, reconnect: bool | int | None = None) -> Source:
     """Open the source a URI names (see the module docstring); problems a user can fix raise UserError.
 
-    `reconnect` applies to live sources: after a failed read the capture is reopened with backoff.
+    `reconnect` applies to live sources (LiveSource): None (default) reconnects forever, also when the camera or
+    stream is not up yet at start-up; N gives up after N failed attempts in a row; 0 never reconnects and
+    refuses a source that cannot deliver a frame now. A URI that can never work (unknown scheme, no host, an
+    OpenCV without GStreamer for csi:// and gst:) is refused at once whatever the policy; a missing V4L2 node
+    (/dev/videoN) is waited for, as a USB camera may be plugged in later, unless `reconnect` is 0.
     """
     kind, target = classify_uri(uri)
     if kind == "file":
@@ -429,9 +588,10 @@ def open_source(uri: str, *, source_id: str | None = None, reconnect: bool = Tru
     if kind == "camera":
         device = f"/dev/video{target}" if isinstance(target, int) else target
         name = f"camera {target}"
-        if sys.platform.startswith("linux") and not Path(device).exists():  # fail fast, without OpenCV's probing
+        missing = sys.platform.startswith("linux") and not Path(device).exists()
+        if missing and reconnect_attempts(reconnect) == 0:  # fail fast, without OpenCV's probing
             raise UserError(f"{name} not found or busy ({device}); video devices here: {_cameras()}")
-        return LiveSource(uri, _camera_capture(target), source_id=source_id or _safe_id(f"camera{target}"),
+        return LiveSource(uri, _camera_capture(target, device), source_id=source_id or _safe_id(f"camera{target}"),
                           open_error=f"{name} not found or busy ({device})", reconnect=reconnect)  # fmt: skip
     if kind == "csi":
         parts = urlsplit(target)
@@ -447,6 +607,12 @@ def open_source(uri: str, *, source_id: str | None = None, reconnect: bool = Tru
                           open_error=f"GStreamer pipeline did not deliver a frame: {target}",
                           reconnect=reconnect)  # fmt: skip
     parts = urlsplit(target)
+    try:
+        parts.port  # noqa: B018 - urllib checks the port when it is read
+    except ValueError:
+        raise UserError(f"{redact(target)}: the port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise UserError(f"{redact(target)}: no host in this URL (rtsp://HOST[:PORT]/PATH)")
     default_id = _safe_id(f"{parts.hostname or 'stream'}{parts.path}")
     return LiveSource(uri, _ffmpeg_capture(target), source_id=source_id or default_id,
                       open_error=f"cannot open stream {redact(target)} (unreachable, wrong URL or credentials, "
