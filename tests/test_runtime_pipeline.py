@@ -440,3 +440,32 @@ def test_exit_status(signals, interrupted, ends, code, capsys):
         assert len(err) == 1 and err[0].startswith("stp-run: interrupted") and "3 events" in err[0]
     else:
         assert err == []
+
+
+def test_lookahead_auto_is_exact_for_files_and_short_for_live_sources(video, engine):
+    from types import SimpleNamespace
+
+    from stprompt.runtime.backends import open_backend
+    from stprompt.runtime.pipeline import LIVE_LOOKAHEAD, build_pipeline, lookaheads
+    from stprompt.runtime.sources import LiveSource
+
+    file, cam = SimpleNamespace(id="f", live=False), SimpleNamespace(id="c", live=True)
+    assert lookaheads("auto", [file, cam]) == (None, {"c": LIVE_LOOKAHEAD})
+    assert lookaheads("exact", [file, cam]) == (None, {}) and lookaheads(3, [file, cam]) == (3, {})
+    assert run_cli.build_parser().parse_args(["v.mp4", "--engine", "m.onnx"]).lookahead == "auto"
+
+    backend, manifest = open_backend(engine)
+    exact = manifest.head_settings.exact_lookahead
+    assert exact > LIVE_LOOKAHEAD
+    cam = LiveSource("rtsp://cam/3", lambda: FileCamera(video, 10_000, period=0.005), source_id="cam3",
+                     open_error="off", backoff=[0.01], jitter=0.0)  # fmt: skip
+    pipeline = build_pipeline(backend, manifest, [str(video), cam], lookahead="auto")
+    detector = pipeline.detector
+    assert detector.lookahead_for("cam3") == LIVE_LOOKAHEAD and detector.lookahead_for(pipeline.sources[0].id) == exact
+    first_live = None
+    with pipeline:
+        for event in pipeline:
+            if event["type"] == "frame" and event["source"] == "cam3":
+                first_live = detector.streams["cam3"].head.received  # snippets read when its first score came
+                break
+    assert first_live == LIVE_LOOKAHEAD + 1  # scored as soon as LIVE_LOOKAHEAD successors exist, not 41

@@ -60,7 +60,7 @@ def open_pipeline(
     *,
     outputs: Sequence[str | Sink] = (),
     providers: list[str] | None = None,
-    lookahead: int | None = None,
+    lookahead: int | str = "auto",
     alarm: AlarmSettings | None = None,
     localize: LocalizeSettings | None = None,
     max_batch: int = 256,
@@ -72,6 +72,7 @@ def open_pipeline(
     """stp-run's pipeline over `sources` (URIs or Source objects, ids as stp-run gives them) into `outputs`
     (output URIs as --output takes them, or Sink objects), with stp-run's defaults: the same events as its
     JSON Lines. Unlike stp-run, no output is added by default: iterate the pipeline for the events.
+    `lookahead`: as stp-run's (auto: exact for files and folders, a few snippets for live sources; exact; a number).
     `status`: stp-run's status line on stderr. The pipeline owns the sources and outputs (use it as a context
     manager, or call close(): a clean stop that still scores what was read). `reconnect`: the live sources' policy
     as stp-run's --reconnect (None = forever)."""
