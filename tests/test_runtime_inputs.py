@@ -85,7 +85,8 @@ def test_a_bad_flag_is_refused_before_the_events_file_is_touched(flags, needle, 
     assert events.read_text() == KEPT
     err = capsys.readouterr().err.strip().splitlines()
     if flags[-1] == "two":  # not a number at all: argparse's usage and its error line
-        assert err[-1].startswith("stp-run: error: argument --lookahead: invalid int value")
+        assert err[-1] == ("stp-run: error: argument --lookahead: expected a number of snippets, exact or auto, "
+                           "got 'two'")
     else:
         assert len(err) == 1 and err[0].startswith("stp-run: error: ") and needle in err[0], err
 
