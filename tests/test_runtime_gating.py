@@ -28,7 +28,7 @@ def test_static_windows_reuse_and_changed_windows_are_encoded():
     np.testing.assert_array_equal(
         np.delete(x_patch, [10, 11], 0), np.delete(np.arange(98.0).reshape(49, 2), [10, 11], 0)
     )
-    assert gate.stats == {"windows": 98, "skipped": 47}
+    assert gate.stats == {"windows": 98, "skipped": 47, "refreshed": 0}
 
 
 def test_change_is_measured_against_the_pixels_at_the_last_encoding():
@@ -77,9 +77,9 @@ def static_frames(n: int, seed: int = 0, moving: bool = False) -> list[np.ndarra
     return frames
 
 
-def run_detector(engine: str, frames: list[np.ndarray], gate: float):
+def run_detector(engine: str, frames: list[np.ndarray], gate: float, refresh: int = 0):
     no_alarms = AlarmSettings(on=1.0, off=1.0, min_snippets=10**9)  # no scale-B crops in the counts
-    det = open_detector(engine, gate=gate, alarm=no_alarms)
+    det = open_detector(engine, gate=gate, gate_refresh=refresh, alarm=no_alarms)
     events = [e for f in frames for e in det.feed(f, source="cam")] + det.finish("cam")
     return np.array([e["score"] for e in events if e["type"] == "frame"]), det
 
@@ -139,3 +139,93 @@ def test_auto_gates_live_sources_only_and_per_source_thresholds_apply():
     assert gate.select("file", frame224()).all()  # files: every window, every time
     assert not gate.select("cam", frame224()).any()  # the camera reuses its unchanged windows
     assert list(gate.streams) == ["cam"]
+
+
+def encoded_frames(gate: WindowGate, frames: list[np.ndarray]) -> np.ndarray:
+    """Bool [frames, 49]: which windows each sampled frame re-encoded."""
+    masks = []
+    for frame in frames:
+        mask = gate.select("a", frame)
+        gate.merge("a", mask, np.zeros((int(mask.sum()), 1), np.float32))
+        masks.append(mask)
+    return np.array(masks)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 8])
+def test_refresh_re_encodes_each_window_of_a_static_scene_every_n_sampled_frames(n):
+    masks = encoded_frames(WindowGate(2.0, refresh=n), [frame224()] * 40)
+    assert masks[0].all()
+    for w in range(49):
+        at = np.flatnonzero(masks[:, w])
+        assert 1 <= at[1] <= n  # the first forced refresh comes early by the window's phase (staggered)
+        assert (np.diff(at[1:]) == n).all()  # then exactly every n sampled frames
+    per_frame = masks[1:].sum(1)  # staggered: about 49 / n windows a frame, never all of them at once
+    assert per_frame.min() >= 49 // n and per_frame.max() <= -(-49 // n)
+
+
+def test_unstaggered_refresh_encodes_every_window_together():
+    masks = encoded_frames(WindowGate(2.0, refresh=4, stagger=False), [frame224()] * 13)
+    assert masks.sum(1).tolist() == [49, 0, 0, 0, 49, 0, 0, 0, 49, 0, 0, 0, 49]
+
+
+def test_refresh_zero_never_forces_and_a_changed_window_starts_its_age_again():
+    gate = WindowGate(2.0, refresh=0)
+    assert not encoded_frames(gate, [frame224()] * 30)[1:].any() and gate.stats["refreshed"] == 0
+    gate = WindowGate(2.0, refresh=5, stagger=False)
+    frames = [frame224() for _ in range(12)]
+    frames[2] = frames[2].copy()
+    frames[2][:32, :32] = 250  # window 0 changes at frame 2 and back at frame 3
+    masks = encoded_frames(gate, frames)
+    assert np.flatnonzero(masks[:, 0]).tolist() == [0, 2, 3, 8]  # its age restarts at each encoding
+    assert np.flatnonzero(masks[:, 1]).tolist() == [0, 5, 10]
+    assert gate.stats["refreshed"] == 48 * 2 + 1  # forced, not changed: 48 windows at 5 and 10, window 0 at 8
+    for bad in (-1, 1.5, True):
+        with pytest.raises(UserError, match="--gate-refresh"):
+            WindowGate(2.0, refresh=bad)
+
+
+def test_gated_run_with_refresh_keeps_the_ungated_scores_on_static_footage(tiny_bundle):
+    engine = str(tiny_bundle.with_suffix(".onnx"))
+    frames = static_frames(96, moving=True)
+    reference, _ = run_detector(engine, frames, 0.0)
+    unbounded, lazy = run_detector(engine, frames, 0.5, refresh=0)
+    bounded, fresh = run_detector(engine, frames, 0.5, refresh=2)
+    assert fresh.gate.refresh == 2 and fresh.gate.stats["refreshed"] > 0 and lazy.gate.stats["refreshed"] == 0
+    assert fresh.stats["crops"] > lazy.stats["crops"]  # the forced refreshes cost crops
+    assert fresh.stats["gated_crops"] == 300 - fresh.stats["crops"]
+    np.testing.assert_allclose(unbounded, reference, atol=1e-5)
+    np.testing.assert_allclose(bounded, reference, atol=1e-5)
+
+
+def test_stp_run_gate_refresh_flag(tiny_bundle, tmp_path, capsys):
+    from conftest import write_video
+
+    from stprompt.runtime import cli
+    from stprompt.runtime.gating import REFRESH_DEFAULT
+
+    parse = cli.build_parser().parse_args
+    assert parse(["v.mp4", "--engine", "m.onnx"]).gate_refresh == REFRESH_DEFAULT
+    assert parse(["v.mp4", "--engine", "m.onnx", "--gate-refresh", "0"]).gate_refresh == 0
+    video = tmp_path / "v.mp4"
+    write_video(video, 20)
+    engine = str(tiny_bundle.with_suffix(".onnx"))
+    assert cli.main([str(video), "--engine", engine, "--gate-refresh", "-1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gate-refresh" in err[0]
+
+
+def test_gate_refresh_reaches_the_detector_through_the_pipeline_and_the_api(tiny_bundle, tmp_path):
+    from conftest import write_video
+
+    from stprompt.runtime.api import open_pipeline
+    from stprompt.runtime.gating import REFRESH_DEFAULT
+
+    video = tmp_path / "v.mp4"
+    write_video(video, 20)
+    engine = str(tiny_bundle.with_suffix(".onnx"))
+    with open_pipeline(engine, [str(video)], gate=2.0, gate_refresh=3) as pipeline:
+        assert pipeline.detector.gate.refresh == 3 and pipeline.detector.gate.threshold == 2.0
+    with open_pipeline(engine, [str(video)]) as pipeline:
+        assert pipeline.detector.gate.refresh == REFRESH_DEFAULT
+    assert open_detector(engine, gate=1.0, gate_refresh=0).gate.refresh == 0
+    assert open_detector(engine, gate=1.0).gate.refresh == REFRESH_DEFAULT

@@ -64,6 +64,7 @@ def run(argv: list[str]) -> int:
         (["--gate", "-1"], "--gate"),
         (["--gate", "nan"], "--gate must be >= 0 grey levels (a finite number) or auto, got nan"),
         (["--gate", "inf"], "--gate"),
+        (["--gate-refresh", "-1"], "--gate-refresh must be >= 0 sampled frames, got -1"),
         (["--alarm-on", "1.5"], "--alarm-on must be in [0, 1], got 1.5"),
         (["--alarm-on", "nan"], "--alarm-on"),
         (["--alarm-off", "-0.1"], "--alarm-off"),

@@ -46,12 +46,17 @@ def open_detector(
     alarm: AlarmSettings | None = None,
     max_batch: int = 256,
     gate: float = 0.0,
+    gate_refresh: int | None = None,
 ) -> Detector:
-    """A Detector over the bundle that `engine` belongs to (its manifest is found beside it and verified)."""
+    """A Detector over the bundle that `engine` belongs to (its manifest is found beside it and verified).
+    `gate_refresh`: as stp-run's --gate-refresh (None = its default, `gating.REFRESH_DEFAULT`)."""
     from .backends import open_backend
+    from .gating import REFRESH_DEFAULT
 
     backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
-    return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch, gate=gate)
+    refresh = REFRESH_DEFAULT if gate_refresh is None else gate_refresh
+    return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch, gate=gate,
+                    gate_refresh=refresh)  # fmt: skip
 
 
 def open_pipeline(
@@ -65,6 +70,7 @@ def open_pipeline(
     localize: LocalizeSettings | None = None,
     max_batch: int = 256,
     gate: float | str = "auto",
+    gate_refresh: int | None = None,
     status: bool = False,
     on_frame: Callable[[str, Frame], None] | None = None,
     reconnect: int | None = None,
@@ -73,6 +79,7 @@ def open_pipeline(
     (output URIs as --output takes them, or Sink objects), with stp-run's defaults: the same events as its
     JSON Lines. Unlike stp-run, no output is added by default: iterate the pipeline for the events.
     `lookahead`: as stp-run's (auto: exact for files and folders, a few snippets for live sources; exact; a number).
+    `gate`, `gate_refresh`: as stp-run's --gate and --gate-refresh (None = its default).
     `status`: stp-run's status line on stderr. The pipeline owns the sources and outputs (use it as a context
     manager, or call close(): a clean stop that still scores what was read). `reconnect`: the live sources' policy
     as stp-run's --reconnect (None = forever)."""
@@ -82,5 +89,6 @@ def open_pipeline(
 
     backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
     return build_pipeline(backend, manifest, sources, outputs, lookahead=lookahead, alarm=alarm, localize=localize,
-                          max_batch=max_batch, gate=gate, status=Status(False) if status else None,
+                          max_batch=max_batch, gate=gate, gate_refresh=gate_refresh,
+                          status=Status(False) if status else None,
                           on_frame=on_frame, reconnect=reconnect)  # fmt: skip

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry, one_line
 from ..localize.heat import LocalizeSettings
-from .gating import LIVE_DEFAULT
+from .gating import LIVE_DEFAULT, REFRESH_DEFAULT
 from .pipeline import LIVE_LOOKAHEAD
 
 if TYPE_CHECKING:
@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         "difference (grey levels) since it was last encoded; 0 = off (scores equal stp-eval's); auto = "
         f"{LIVE_DEFAULT:g} for live sources (cameras, rtsp, csi, gst), 0 for files and folders. README: gating table",
     )
+    p.add_argument(
+        "--gate-refresh",
+        type=int,
+        default=REFRESH_DEFAULT,
+        metavar="N",
+        help="motion gating: re-encode every gated window at least every N sampled frames of its stream, changed "
+        "or not (bounds how stale a cached embedding gets; staggered across windows); 0 = only on change",
+    )
     p.add_argument("--max-batch", type=int, default=256, help="most crops per encoder call (all streams together)")
     p.add_argument("--show", action="store_true", help="alias of --output display://0 (a live window; needs a display)")
     p.add_argument(
@@ -137,6 +145,7 @@ def check_args(args: argparse.Namespace) -> None:
     output (an events file an earlier run left) is opened. Values from the bundle are checked when it loads."""
     _in_range(None if args.lookahead in ("auto", "exact") else args.lookahead, "--lookahead", 0)
     _in_range(None if args.gate == "auto" else args.gate, "--gate", 0, also=" grey levels (a finite number) or auto")
+    _in_range(args.gate_refresh, "--gate-refresh", 0, also=" sampled frames")
     _in_range(args.alarm_on, "--alarm-on", 0, 1)
     _in_range(args.alarm_off, "--alarm-off", 0, 1)
     _in_range(args.alarm_min, "--alarm-min", 1)
@@ -257,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)
     pipeline = build_pipeline(backend, manifest, args.sources, _outputs(args), lookahead=args.lookahead, alarm=alarm,
-                              localize=loc, max_batch=args.max_batch, gate=args.gate, status=Status(args.quiet),
+                              localize=loc, max_batch=args.max_batch, gate=args.gate,
+                              gate_refresh=args.gate_refresh, status=Status(args.quiet),
                               default_events="-", reconnect=args.reconnect)  # fmt: skip
     with stop_on_signals(pipeline) as received:
         try:

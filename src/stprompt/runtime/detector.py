@@ -25,7 +25,7 @@ from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
 from ..localize.heat import LocalizeSettings, frame_heat
 from .frames import Frame
-from .gating import WindowGate
+from .gating import REFRESH_DEFAULT, WindowGate
 from .stream import SnippetResult, StreamingFeatureHead, StreamingHead
 
 
@@ -97,6 +97,7 @@ class Detector:
         max_batch: int = 256,
         gate: float = 0.0,
         gate_per_source: dict[str, float] | None = None,
+        gate_refresh: int = REFRESH_DEFAULT,
         on_snippet: Callable[[Snippet], None] | None = None,
     ):
         self.backend = backend
@@ -119,7 +120,7 @@ class Detector:
         self.queries, self.abnormal, _ = manifest.load_queries()
         self.max_batch = max(windows.crops_per_frame(pre=self.preprocess), int(max_batch))
         self.on_snippet = on_snippet
-        self.gate = WindowGate(gate, self.scale_a, per_source=gate_per_source)
+        self.gate = WindowGate(gate, self.scale_a, per_source=gate_per_source, refresh=gate_refresh)
         self._buffer: np.ndarray | None = None  # encoder batch, grown to the largest call and reused
         kernels.warmup()  # JIT or disk-cache load now, not on the first snippet or the first alarm
         self.streams: dict[str, StreamState] = {}

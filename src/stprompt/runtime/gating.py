@@ -6,6 +6,11 @@ moves the reference pixels of those windows to the new frame; after the encoder 
 the fresh embeddings into the cache and returns the full ``[49, D]`` x_patch. The full-frame crop is never gated
 (the caller always encodes it). Select and merge must be called in the same order per stream -- the Detector does.
 
+Bounded staleness (`refresh` N > 0): each window also counts the sampled frames of its stream since it was last
+encoded and is re-encoded once that age reaches N, changed or not, so no cached embedding is older than N sampled
+frames. The counters start staggered (window i at age i mod N), so a static scene refreshes about 49 / N windows
+per sampled frame instead of all 49 on every N-th one; a window encoded because it changed starts again at 0.
+
 Threshold 0 means "encode every window" (gating off): with it the output is the ungated pipeline's exactly.
 """
 
@@ -22,15 +27,23 @@ from ..errors import UserError
 @dataclass
 class _StreamCache:
     ref: np.ndarray  # [224, 224, 3] uint8: per window, the pixels at its last encoding
+    age: np.ndarray  # [count] int: sampled frames since each window was last encoded (staggered at the start)
     embeddings: np.ndarray | None = None  # [49, D] float32
     pending: list[np.ndarray] = field(default_factory=list)  # masks selected, not merged yet
 
 
 # `stp-run --gate auto` (the default): live sources skip windows that changed by less than this many grey levels
 # (mean absolute difference); files and folders are encoded whole, so their scores equal stp-eval's. Chosen from
-# README's gating table (benchmarks/measure_gating.py): it sits above the noise + compression floor of static
-# footage (1-2 grey levels) and skipped about half of the windows there with frame AUC within 0.005 of ungated.
-LIVE_DEFAULT = 4.0
+# README's real-clip gating table (benchmarks/measure_gating.py --clips): the largest measured threshold that kept
+# every clip's snippet ranking (Spearman >= 0.95) and its largest score deviation under half the clip's own score
+# spread. 4, chosen earlier on synthetic static cameras, failed on a real indoor clip with people walking
+# (Spearman 0.11, largest deviation 2.5x the spread); 2 failed there too (0.93, 0.60x).
+LIVE_DEFAULT = 1.0
+
+# `stp-run --gate-refresh` (default): a gated window is re-encoded at least every this many sampled frames of its
+# stream. From the same tables: at gate 1 every bound held and 4 cost about 2 points of skipped share at most while
+# giving the smallest deviations where the bound mattered; at higher gates it helped most often (not always).
+REFRESH_DEFAULT = 4
 
 
 def _checked(threshold: float) -> float:
@@ -39,16 +52,26 @@ def _checked(threshold: float) -> float:
     return float(threshold)
 
 
+def _checked_refresh(refresh: int) -> int:
+    if isinstance(refresh, bool) or int(refresh) != refresh or refresh < 0:
+        raise UserError(f"--gate-refresh must be a whole number of sampled frames >= 0, got {refresh}")
+    return int(refresh)
+
+
 class WindowGate:
     """Decide per window whether to re-encode; keep per-stream reference pixels and embeddings."""
 
     def __init__(self, threshold: float, scale: windows.WindowScale = windows.SCALE_A,
-                 per_source: dict[str, float] | None = None):  # fmt: skip
+                 per_source: dict[str, float] | None = None, refresh: int = 0, stagger: bool = True):  # fmt: skip
+        """`refresh`: re-encode every window at least every N sampled frames of its stream (0 = only on change);
+        `stagger`: spread those forced refreshes over the N frames (False: all windows of a static scene at once)."""
         self.threshold = _checked(threshold)
         self.per_source = {sid: _checked(t) for sid, t in (per_source or {}).items()}
+        self.refresh = _checked_refresh(refresh)
+        self.stagger = bool(stagger)
         self.scale = scale
         self.streams: dict[str, _StreamCache] = {}
-        self.stats = {"windows": 0, "skipped": 0}
+        self.stats = {"windows": 0, "skipped": 0, "refreshed": 0}
 
     def threshold_for(self, source: str) -> float:
         """The source's own threshold (e.g. live cameras vs files), else the default."""
@@ -67,12 +90,19 @@ class WindowGate:
         if cache is None or threshold <= 0:
             mask = np.ones(count, bool)
             if threshold > 0:
-                self.streams[source] = _StreamCache(ref=small.copy(), pending=[mask])
+                age = np.arange(count) % self.refresh if self.refresh and self.stagger else np.zeros(count, int)
+                self.streams[source] = _StreamCache(ref=small.copy(), age=age, pending=[mask])
         else:
             from ..kernels.motion import window_change  # Numba: imported on first use, not by `stp-run --help`
 
             change = window_change(small, cache.ref, self.scale.size, self.scale.stride)
             mask = change >= threshold
+            if self.refresh:
+                cache.age += 1
+                stale = cache.age >= self.refresh
+                self.stats["refreshed"] += int((stale & ~mask).sum())
+                mask |= stale
+                cache.age[mask] = 0
             grid_mask = mask.reshape(self.scale.grid, self.scale.grid)
             self._tiles(cache.ref)[grid_mask] = self._tiles(small)[grid_mask]
             cache.pending.append(mask)

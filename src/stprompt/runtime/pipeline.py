@@ -79,12 +79,14 @@ def open_sources(sources: Sequence[str | Source], reconnect: int | None = None) 
 
 def build_pipeline(backend, manifest, sources: Sequence[str | Source], outputs: Sequence[Any] = (), *,
                    lookahead: int | str | None = "auto", alarm=None, localize=None, max_batch: int = 256,
-                   gate: float | str = "auto", status: Status | None = None, default_events: str | None = None,
-                   on_frame: Callable[[str, Frame], None] | None = None,
+                   gate: float | str = "auto", gate_refresh: int | None = None, status: Status | None = None,
+                   default_events: str | None = None, on_frame: Callable[[str, Frame], None] | None = None,
                    reconnect: int | None = None) -> Pipeline:  # fmt: skip
     """Sources (URIs or Source objects), outputs (URIs or Sinks), a Detector and the Pipeline over them: what
-    stp-run and `api.open_pipeline` both assemble. All or nothing: what was opened is closed when a part fails."""
+    stp-run and `api.open_pipeline` both assemble. All or nothing: what was opened is closed when a part fails.
+    `gate_refresh`: re-encode gated windows at least every N sampled frames (None = `gating.REFRESH_DEFAULT`)."""
     from .detector import AlarmSettings, Detector
+    from .gating import REFRESH_DEFAULT
     from .sinks import OutputContext, check_outputs, open_outputs
 
     alarm = alarm or AlarmSettings.from_thresholds(manifest.thresholds)
@@ -104,7 +106,8 @@ def build_pipeline(backend, manifest, sources: Sequence[str | Source], outputs: 
         default_lookahead, lookahead_per_source = lookaheads(lookahead, opened)
         detector = Detector(backend, manifest, lookahead=default_lookahead, lookahead_per_source=lookahead_per_source,
                             alarm=alarm, localize=localize, max_batch=max_batch, gate=threshold,
-                            gate_per_source=per_source)  # fmt: skip
+                            gate_per_source=per_source,
+                            gate_refresh=REFRESH_DEFAULT if gate_refresh is None else gate_refresh)  # fmt: skip
         return Pipeline(detector, opened, sinks, status=status, on_frame=on_frame)
     except BaseException:
         for s in opened:
