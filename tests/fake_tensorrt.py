@@ -1,10 +1,13 @@
-"""One stand-in for TensorRT 10 (and cuda-python's runtime API) so the engine chain runs on machines without a GPU.
+"""One stand-in for TensorRT 10 / 11 (and cuda-python's runtime API) so the engine chain runs on machines without a GPU.
 
 Builder side (what `stprompt.engines.tensorrt` calls): `Builder`, `create_network`, `OnnxParser`,
-`create_builder_config` (flags, memory pool, optimization profiles, timing cache), the layer / data types
-`_constrain_fp32` pins, and `build_serialized_network`, which writes a JSON "plan" naming the parsed ONNX file,
-the build flags and every input's (min, opt, max) profile shape. Each build is recorded in `trt.builds` as
-(network, config); the network's layers are a fixed set that covers every pinning rule.
+`create_builder_config` (flags, memory pool, optimization profiles, timing cache) and `build_serialized_network`,
+which writes a JSON "plan" naming the parsed ONNX file, the build flags ("strongly_typed" when the network is:
+the STRONGLY_TYPED creation flag on 10.x, always on 11.x) and every input's (min, opt, max) profile shape. Each
+build is recorded in `trt.builds` as (network, config). The network has no layers to pin.
+
+Per version: the names tests/trt_api/tensorrt-<major.minor>.txt (NVIDIA's wheels, benchmarks/trt_api/
+extract_names.py) records as absent are absent here too, so code that uses e.g. BuilderFlag.FP16 fails on 11.4.
 
 Runtime side (what `stprompt.runtime.backends.trt` calls): `Runtime.deserialize_cuda_engine` reads such a plan
 (None for anything else, or for a plan of another TensorRT version), the engine's named-tensor API, and an
@@ -124,47 +127,10 @@ def read_plan(data: bytes) -> dict | None:
 # --- builder side ---------------------------------------------------------------------------------------------------
 
 
-class FakeLayer:
-    """A network layer: its type, its op (elementwise / unary) and the precision settings the builder applies."""
-
-    def __init__(self, name, kind, op=None, dtype="float32"):
-        self.name, self.type, self.op, self.num_outputs = name, kind, op, 1
-        self.precision = self.compute_precision = None
-        self._dtype, self.output_types = dtype, {}
-
-    def get_output(self, j):
-        return types.SimpleNamespace(dtype=self._dtype)
-
-    def set_output_type(self, j, dtype):
-        self.output_types[j] = dtype
-
-
-def default_layers() -> list[FakeLayer]:
-    """One layer per pinning rule: normalisation, softmax, pow and sqrt are pinned; matmul, add, GELU's erf and
-    integer shape arithmetic are not."""
-    return [
-        FakeLayer("ln", "norm"),
-        FakeLayer("softmax", "softmax"),
-        FakeLayer("matmul", "mm"),
-        FakeLayer("pow", "ew", "pow"),
-        FakeLayer("add", "ew", "sum"),
-        FakeLayer("sqrt", "unary", "sqrt"),
-        FakeLayer("gelu_erf", "unary", "erf"),
-        FakeLayer("shape_sum", "reduce", dtype="int32"),
-    ]
-
-
 class Network:
-    def __init__(self):
-        self.layers = default_layers()
+    def __init__(self, flags: int = 0):
+        self.flags = flags  # create_network's bit mask (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         self.onnx: str | None = None  # set by the parser
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    def get_layer(self, i):
-        return self.layers[i]
 
 
 class OnnxParser:
@@ -237,7 +203,7 @@ class Engine:
         from stprompt.bundle.ort import ort_session
 
         self.trt, self.cudart = trt, cudart
-        self.session = ort_session(spec["onnx"])
+        self.session = ort_session(spec["onnx"], fp16=spec["onnx"].endswith(".fp16.onnx"))  # ORT's fp16 CPU crash
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.symbolic = {t.name: list(t.shape) for t in (*self.session.get_inputs(), *self.session.get_outputs())}
@@ -335,15 +301,11 @@ def fake_tensorrt(version: str = "10.3.0", cudart: FakeCudart | None = None) -> 
     trt.DataType = types.SimpleNamespace(FLOAT="float32", HALF="float16", INT32="int32")
     trt.float32, trt.float16, trt.int32 = trt.DataType.FLOAT, trt.DataType.HALF, trt.DataType.INT32
     trt.nptype = lambda dtype: np.dtype(dtype).type
-    trt.LayerType = types.SimpleNamespace(
-        NORMALIZATION="norm", SOFTMAX="softmax", REDUCE="reduce", ELEMENTWISE="ew", UNARY="unary", MATRIX_MULTIPLY="mm"
-    )
-    trt.UnaryOperation = types.SimpleNamespace(SQRT="sqrt", EXP="exp", ERF="erf")
-    trt.ElementWiseOperation = types.SimpleNamespace(POW="pow", SUM="sum")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", TF32="tf32", OBEY_PRECISION_CONSTRAINTS="obey")
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", BF16="bf16", INT8="int8", TF32="tf32",
+                                            OBEY_PRECISION_CONSTRAINTS="obey", PREFER_PRECISION_CONSTRAINTS="prefer")
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
     trt.TensorIOMode = types.SimpleNamespace(NONE="none", INPUT="input", OUTPUT="output")
-    trt.IElementWiseLayer = trt.IUnaryLayer = trt.INormalizationLayer = FakeLayer
     trt.Logger = type("Logger", (), {"ERROR": 1, "WARNING": 2, "INFO": 3,
                                      "__init__": lambda self, level=2: None})  # fmt: skip
     trt.OnnxParser = OnnxParser
@@ -353,7 +315,7 @@ def fake_tensorrt(version: str = "10.3.0", cudart: FakeCudart | None = None) -> 
             pass
 
         def create_network(self, flags=0):
-            return Network()
+            return Network(int(flags))
 
         def create_builder_config(self):
             return BuilderConfig()
@@ -365,7 +327,11 @@ def fake_tensorrt(version: str = "10.3.0", cudart: FakeCudart | None = None) -> 
             trt.builds.append((network, config))
             if network.onnx is None or len(config.profiles) != 1:
                 return None
-            return plan_bytes(network.onnx, config.profiles[0], trt.__version__, config.flags)
+            flags = set(config.flags)
+            strongly = network.flags & (1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+            if strongly or not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # 11.x: always on
+                flags = {*config.flags, "strongly_typed"}
+            return plan_bytes(network.onnx, config.profiles[0], trt.__version__, flags)
 
     class Runtime:
         def __init__(self, logger):
@@ -378,7 +344,39 @@ def fake_tensorrt(version: str = "10.3.0", cudart: FakeCudart | None = None) -> 
             return Engine(trt, spec, trt.cudart)
 
     trt.Builder, trt.Runtime = Builder, Runtime
+    for name in api_names(version)["absent"]:  # what the real version lacks, the fake lacks too
+        owner, _, member = name.rpartition(".")
+        if owner and not isinstance(getattr(trt, owner, None), types.SimpleNamespace):
+            raise NotImplementedError(f"fake tensorrt {version}: cannot remove {name}; extend the fake")
+        delattr(getattr(trt, owner) if owner else trt, member)
     return trt
+
+
+API_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trt_api")
+
+
+def api_versions() -> list[str]:
+    """The TensorRT versions whose API names are recorded in tests/trt_api (major.minor: 10.3, 10.6, 11.4)."""
+    names = [f[len("tensorrt-"):-len(".txt")] for f in os.listdir(API_DIR) if f.startswith("tensorrt-")]
+    return sorted(names, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def api_names(version: str) -> dict[str, list[str]]:
+    """{"present": [...], "absent": [...]} of the recorded version for `version`: the same major.minor, else the
+    newest recorded one of the same major below it (10.7 -> 10.6), else the oldest of that major."""
+    key = tuple(int(p) for p in version.split(".")[:2])
+    same = [v for v in api_versions() if int(v.split(".")[0]) == key[0]]
+    if not same:
+        raise ValueError(f"fake tensorrt: no recorded API names for TensorRT {version} (tests/trt_api)")
+    below = [v for v in same if tuple(int(p) for p in v.split(".")) <= key]
+    chosen = below[-1] if below else same[0]
+    out: dict[str, list[str]] = {"present": [], "absent": []}
+    with open(os.path.join(API_DIR, f"tensorrt-{chosen}.txt")) as fh:
+        for line in fh:
+            if line.strip() and not line.startswith("#"):
+                state, name = line.split()[:2]
+                out[state].append(name)
+    return out
 
 
 def install_cuda(monkeypatch, cudart: FakeCudart) -> None:

@@ -178,11 +178,11 @@ def test_the_engine_handed_to_stp_run_opens_with_the_staged_bundle(tiny_bundle, 
     cache = tmp_path / "cache"
     decision = appliance.prepare_engine(tiny_bundle, cache, build_args=["--quiet", "--max-batch", "3",
                                                                           "--max-window", "8"])  # fmt: skip
-    assert read_plan(decision.engine.read_bytes())["onnx"] == str(cache / "model.onnx")
+    assert read_plan(decision.engine.read_bytes())["onnx"] == str(cache / "model.fp16.onnx")  # an fp16 bundle
     install_cuda(monkeypatch, sys.modules["tensorrt"].cudart)  # the backend reads the GPU (sm 8.7) through it
     backend, manifest = open_backend(decision.engine)
     assert manifest.path == (cache / "model.json").resolve() and (backend.max_batch, backend.max_window) == (3, 8)
-    reference, _ = open_backend(tiny_bundle.with_name("model.onnx"))
+    reference, _ = open_backend(tiny_bundle.with_name("model.fp16.onnx"))  # the graph the plan is built from
     rng = np.random.default_rng(1)
     d = manifest.dim
     images = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)

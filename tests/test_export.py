@@ -331,14 +331,16 @@ def test_profiles_and_window_defaults():
 
 
 def test_trtexec_command_mirrors_the_build():
-    enc = trtexec_command("m.onnx", "m.plan", encoder_profiles(256, 50), "fp16", 2.0, "m.cache", ["ln_1", "sm"])
-    assert enc[0] == "trtexec" and "--onnx=m.onnx" in enc and "--saveEngine=m.plan" in enc
+    enc = trtexec_command("m.fp16.onnx", "m.plan", encoder_profiles(256, 50), "fp16", 2.0, "m.cache")
+    assert enc[0] == "trtexec" and "--onnx=m.fp16.onnx" in enc and "--saveEngine=m.plan" in enc
     assert "--minShapes=images:1x3x224x224" in enc and "--optShapes=images:50x3x224x224" in enc
     assert "--maxShapes=images:256x3x224x224" in enc and "--memPoolSize=workspace:2048M" in enc
-    assert "--fp16" in enc and "--precisionConstraints=obey" in enc and "--timingCacheFile=m.cache" in enc
-    assert "--layerPrecisions=ln_1:fp32,sm:fp32" in enc and "--layerOutputTypes=ln_1:fp32,sm:fp32" in enc
+    assert "--stronglyTyped" in enc and "--timingCacheFile=m.cache" in enc and "--noTF32" not in enc
+    assert not [a for a in enc if a.startswith(("--fp16", "--precisionConstraints", "--layerPrecisions",
+                                                 "--layerOutputTypes"))]  # fmt: skip
     head = trtexec_command("h.onnx", "h.plan", head_profiles(64, 338, 83), "fp32", 1, "c")
     assert "--optShapes=x_clip:83x64,x_patch:83x49x64" in head and "--noTF32" in head and "--fp16" not in head
+    assert "--stronglyTyped" in head
 
 
 def test_build_settings_and_plan_cache_check(bundle_copy):
@@ -372,12 +374,9 @@ def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, mo
     logs: list[str] = []
     m = trt_build.build_bundle_engines(bundle_copy, log=logs.append)
     assert len(trt.builds) == 3 and set(m.engines) == {"encoder", "head", "head_features"}
-    (enc_net, enc_cfg), (_, head_cfg), (_, features_cfg) = trt.builds
-    assert enc_cfg.flags == {"fp16", "obey"} and head_cfg.flags == set() and head_cfg.cleared == {"tf32"}
-    pinned = [layer.name for layer in enc_net.layers if layer.precision == "float32"]
-    assert pinned == ["ln", "softmax", "pow", "sqrt"]  # not matmul/add/GELU, not integer shape math
-    assert all(layer.output_types == {0: "float32"} for layer in enc_net.layers if layer.name in pinned)
-    assert enc_net.layers[0].compute_precision == "float32"  # LayerNorm statistics accumulate in fp32 as well
+    (enc_net, enc_cfg), (head_net, head_cfg), (_, features_cfg) = trt.builds
+    assert enc_cfg.flags == set() == head_cfg.flags and head_cfg.cleared == {"tf32"} and enc_cfg.cleared == set()
+    assert enc_net.flags == head_net.flags == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
     assert enc_cfg.pool == ("workspace", 4 << 30) and enc_cfg.profiles[0]["images"][2] == (256, 3, 224, 224)
     assert head_cfg.profiles[0]["x_patch"] == ((1, 49, 64), (83, 49, 64), (338, 49, 64))
     assert features_cfg.profiles[0]["x_as"] == ((1, 64), (83, 64), (338, 64)) and features_cfg.flags == set()
@@ -386,14 +385,16 @@ def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, mo
         assert m.engines[role]["key"] == key and plan_is_current(m, role, key)
     assert m.engine("encoder") == bundle_copy.with_name("model.plan") and m.engine("head").is_file()
     plans = {role: read_plan(m.engine(role).read_bytes()) for role in m.engines}
-    assert plans["encoder"]["onnx"] == str(m.file("encoder"))  # the fp16 engine is built from the fp32 ONNX
-    assert plans["encoder"]["flags"] == ["fp16", "obey"] and plans["head"]["flags"] == []
+    assert plans["encoder"]["onnx"] == str(m.file("encoder_fp16"))  # the fp16 engine: from model.fp16.onnx
+    assert plans["encoder"]["flags"] == ["strongly_typed"] == plans["head"]["flags"]
+    assert m.engines["encoder"]["mode"] == "strongly typed" and m.engines["encoder"]["onnx"] == "model.fp16.onnx"
     assert plans["head"]["onnx"] == str(m.file("head"))
     assert plans["head_features"]["profiles"]["x_clip"] == [[1, 64], [83, 64], [338, 64]]
     assert load_manifest(bundle_copy).engines == m.engines  # written to model.json, bundle still verifies
     cache = bundle_copy.with_name("model.timing-trt10.3.0-sm87.cache")
     assert cache.read_bytes() == b"+++"  # loaded by each later build, extended, saved again
-    assert any("--layerPrecisions=ln:fp32,softmax:fp32,pow:fp32,sqrt:fp32" in line for line in logs)
+    assert any("--stronglyTyped" in line and "--onnx=" in line and "model.fp16.onnx" in line for line in logs)
+    assert any("from model.fp16.onnx (fp16, strongly typed, TensorRT 10.3.0" in line for line in logs)
 
     trt_build.build_bundle_engines(bundle_copy, log=logs.append)
     assert len(trt.builds) == 3 and "is current" in logs[-1]  # cache hit: nothing rebuilt

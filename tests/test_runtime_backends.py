@@ -329,8 +329,9 @@ def test_plans_built_by_stp_build_run_in_the_tensorrt_backend(bundle_copy, input
     backend, manifest = open_backend(bundle_copy.with_name("model.plan"))
     assert manifest.engines == m.engines and manifest.engine("encoder") == bundle_copy.with_name("model.plan")
     assert (backend.name, backend.max_batch, backend.max_window) == ("tensorrt", 4, 32)
-    assert backend._encoder.engine.flags == ["fp16", "obey"] and backend._head.engine.flags == []
-    report = parity(backend, ort_cpu, *inputs)  # 5 crops: split into 4 + 1
+    assert backend._encoder.engine.flags == ["strongly_typed"] == backend._head.engine.flags
+    ort_fp16, _ = open_backend(bundle_copy.with_name("model.fp16.onnx"))  # the graph the fp16 plan is built from
+    report = parity(backend, ort_fp16, *inputs)  # 5 crops: split into 4 + 1
     assert all(report[k]["max_abs"] == 0.0 for k in ("embeddings", "score", "score_c", "probs"))
     _, x_clip, x_patch = inputs
     x_as = x_patch.mean(axis=1)
@@ -345,5 +346,5 @@ def test_plans_built_by_stp_build_run_in_the_tensorrt_backend(bundle_copy, input
     backend, manifest = open_backend(bundle_copy.with_name("model.plan"))
     assert manifest.engines["head"]["tensorrt"] == "10.7.0" and backend.max_batch == 4  # the bundle's settings kept
     emb = backend.encode(inputs[0])
-    np.testing.assert_array_equal(emb, ort_cpu.encode(inputs[0]))
+    np.testing.assert_array_equal(emb, ort_fp16.encode(inputs[0]))
     backend.close()

@@ -1,11 +1,11 @@
 """What a target engine is built from and the cache key it must carry: shared by builders and runtimes.
 
 Plans are tied to the TensorRT version and the GPU, so bundles ship ONNX + manifest and engines are built where
-they run. An engine is reused only if its cache key - sha256 of (ONNX sha256, TensorRT version, compute
-capability, precision, profiles) - equals the key recorded in the manifest and the plan's own sha256 matches;
-anything else is rebuilt, never loaded. The build settings (largest batch and head window, the shapes tuned
-for, workspace) are written by stp-export into the manifest's `build` section and may be overridden on the
-target. Pure data: no TensorRT import here (see `stprompt.engines.tensorrt` for the builder).
+they run. An engine is reused only if its cache key - sha256 of (the sha256 of the ONNX it is built from,
+TensorRT version, compute capability, precision, profiles) - equals the key recorded in the manifest and the
+plan's own sha256 matches; anything else is rebuilt, never loaded. The build settings (largest batch and head
+window, the shapes tuned for, workspace) are written by stp-export into the manifest's `build` section and may be
+overridden on the target. Pure data: no TensorRT import here (see `stprompt.engines.tensorrt` for the builder).
 """
 
 from __future__ import annotations
@@ -145,23 +145,33 @@ class BuildSettings:
 class EngineJob(NamedTuple):
     """One engine a bundle gets on a target: which graph, at which precision, with which input profiles."""
 
-    role: str  # encoder, head, head_features (the manifest's `files` role of the ONNX it is built from)
+    role: str  # encoder, head, head_features (the engine: its plan path and manifest record)
     precision: str
     profiles: list[InputProfile]
+    source_role: str  # the manifest's `files` role of the ONNX it is built from (encoder_fp16 for fp16 encoders)
+
+
+def encoder_source_role(manifest: Manifest, precision: str) -> str:
+    """fp16 encoders are built strongly typed from model.fp16.onnx (its LayerNorm/Softmax/reductions already
+    fp32) when the bundle has it; everything else from the fp32 graph."""
+    return "encoder_fp16" if precision == "fp16" and manifest.has("encoder_fp16") else "encoder"
 
 
 def engine_jobs(manifest: Manifest, settings: BuildSettings | None = None) -> list[EngineJob]:
-    """Every engine of a bundle: the encoder at the bundle's precision, the heads in fp32. The builder, the
-    runtime's staleness check, the appliance and stp-export's printed trtexec commands all list them from here."""
+    """Every engine of a bundle: the encoder at the bundle's precision (built from the graph of that precision),
+    the heads in fp32. The builder, the runtime's staleness check, the appliance and stp-export's printed trtexec
+    commands all list them from here."""
     settings = settings or BuildSettings.from_manifest(manifest)
+    precision = manifest.precision.get("encoder", "fp32")
     jobs = [
-        EngineJob("encoder", manifest.precision.get("encoder", "fp32"),
-                  encoder_profiles(settings.max_batch, settings.opt_batch, manifest.preprocess.size)),
-        EngineJob("head", "fp32", head_profiles(manifest.dim, settings.max_window, settings.opt_window)),
+        EngineJob("encoder", precision,
+                  encoder_profiles(settings.max_batch, settings.opt_batch, manifest.preprocess.size),
+                  encoder_source_role(manifest, precision)),
+        EngineJob("head", "fp32", head_profiles(manifest.dim, settings.max_window, settings.opt_window), "head"),
     ]  # fmt: skip
     if manifest.has("head_features"):
         profiles = head_features_profiles(manifest.dim, settings.max_window, settings.opt_window)
-        jobs.append(EngineJob("head_features", "fp32", profiles))
+        jobs.append(EngineJob("head_features", "fp32", profiles, "head_features"))
     return jobs
 
 
@@ -174,10 +184,10 @@ def expected_key(manifest: Manifest, role: str, trt_version: str, compute_capabi
                  settings: BuildSettings | None = None) -> str:  # fmt: skip
     """The cache key a plan for `role` must carry on this TensorRT version and GPU (runtime check)."""
     settings = settings or BuildSettings.from_manifest(manifest)
-    for job_role, precision, profiles in engine_jobs(manifest, settings):
-        if job_role == role:
-            onnx_sha = manifest.raw["files"][role]["sha256"]
-            return engine_cache_key(onnx_sha, trt_version, compute_capability, precision, profiles)
+    for job in engine_jobs(manifest, settings):
+        if job.role == role:
+            onnx_sha = manifest.raw["files"][job.source_role]["sha256"]
+            return engine_cache_key(onnx_sha, trt_version, compute_capability, job.precision, job.profiles)
     raise UserError(f"no engine role {role!r} (encoder, head, head_features)")
 
 

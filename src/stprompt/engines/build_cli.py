@@ -13,10 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-build",
         description=(
-            "Build the TensorRT 10 engines of an stp-export bundle on this GPU: model.plan (image encoder, at the "
-            "bundle's precision, normalisations/softmax pinned to fp32) and model.head.plan (fp32). A plan is "
-            "reused only when its cache key (ONNX sha256, TensorRT version, compute capability, precision, "
-            "profiles) matches the manifest; otherwise it is rebuilt. Settings default to the export's."
+            "Build the TensorRT 10 / 11 engines of an stp-export bundle on this GPU, strongly typed (the precision "
+            "comes from the graphs): model.plan (image encoder, from model.fp16.onnx when the bundle is fp16, else "
+            "model.onnx), model.head.plan and model.head_as.plan (fp32). A plan is reused only when its cache key "
+            "(ONNX sha256, TensorRT version, compute capability, precision, profiles) matches the manifest; "
+            "otherwise it is rebuilt. Settings default to the export's."
         ),
         formatter_class=HelpFormatter,
     )

@@ -1,13 +1,16 @@
-"""TensorRT 10 engines for a bundle, built on the target device and cached by a key that names what made them.
+"""TensorRT 10 / 11 engines for a bundle, built on the target device and cached by a key that names what made them.
 
 Plans are tied to the TensorRT version and the GPU, so bundles ship ONNX + manifest and engines are built
 where they run (`stp-build model.json`, or `stp-export --trt` on the target). Which engines a bundle gets, their
 profiles and cache keys are the bundle room's (`stprompt.bundle.engine_keys`): a plan is reused only when its key
 and sha256 match the manifest's record; anything else is rebuilt, never loaded.
 
-FP16 engines are built from the fp32 ONNX with normalisation, softmax and reduction layers constrained to
-fp32 and the constraints obeyed (ViT LayerNorm overflows in fp16). The temporal head is always an fp32
-engine, TF32 off. Timing caches persist beside the plans, one per TensorRT version and GPU architecture.
+Every network is strongly typed (TensorRT 10.x: `NetworkDefinitionCreationFlag.STRONGLY_TYPED`; 11.x: always), so
+an engine's precision is its graph's: fp16 encoders are built from model.fp16.onnx, whose LayerNorm, softmax and
+reductions are already fp32 (ViT LayerNorm overflows in fp16), fp32 engines from the fp32 graphs. No precision
+builder flags (FP16 / OBEY_PRECISION_CONSTRAINTS are gone in 11.x) and no per-layer pinning. The temporal head is
+always an fp32 engine, TF32 off where the flag exists. Timing caches persist beside the plans, one per TensorRT
+version and GPU architecture.
 
 Torch-free; `tensorrt` (and cuda-python, for the compute capability) are imported only when building.
 """
@@ -30,12 +33,12 @@ from ..bundle.engine_keys import (
     engine_path,
     plan_is_current,
 )
-from ..bundle.graphs import FP32_OPS
 from ..bundle.hashing import sha256_file
 from ..bundle.manifest import Manifest, load_manifest, write_manifest
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
 
+MODE = "strongly typed"  # the only build mode: precision comes from the ONNX graph, no precision flags
 TRT_MISSING = (
     'TensorRT is not installed: pip install "stprompt[trt]" (x86_64, CUDA 12) or, on Jetson, '
     "use JetPack 6's TensorRT (python3-libnvinfer)"
@@ -53,41 +56,25 @@ def trtexec_command(
     precision: str,
     workspace_gb: float,
     timing_cache: str | os.PathLike,
-    fp32_layers: Sequence[str] = (),
 ) -> list[str]:
-    """The trtexec invocation equivalent to `build_engine` (argv list; `shlex.join` it to print).
-
-    `fp32_layers` are TensorRT layer names to pin to fp32 in fp16 builds: the parsed network's names when
-    known, else the ONNX node names of the fp32 ops (the parser names a node's layer after the node).
-    """
+    """The trtexec invocation equivalent to `build_engine` (argv list; `shlex.join` it to print): a strongly typed
+    build, so precision comes from the ONNX given (model.fp16.onnx for fp16 encoders), no precision flags."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
     cmd = [
         "trtexec",
         f"--onnx={os.fspath(onnx_path)}",
         f"--saveEngine={os.fspath(plan_path)}",
+        "--stronglyTyped",
         f"--minShapes={_shapes(profiles, 'min')}",
         f"--optShapes={_shapes(profiles, 'opt')}",
         f"--maxShapes={_shapes(profiles, 'max')}",
         f"--memPoolSize=workspace:{max(1, round(workspace_gb * 1024))}M",
         f"--timingCacheFile={os.fspath(timing_cache)}",
     ]
-    if precision == "fp16":
-        cmd += ["--fp16", "--precisionConstraints=obey"]
-        if fp32_layers:
-            cmd.append("--layerPrecisions=" + ",".join(f"{name}:fp32" for name in fp32_layers))
-            cmd.append("--layerOutputTypes=" + ",".join(f"{name}:fp32" for name in fp32_layers))
-    else:
+    if precision == "fp32":
         cmd.append("--noTF32")
     return cmd
-
-
-def onnx_fp32_layer_names(onnx_path: str | os.PathLike) -> list[str]:
-    """ONNX node names of the ops kept in fp32 (for the printed trtexec command when TensorRT is absent)."""
-    import onnx
-
-    model = onnx.load(os.fspath(onnx_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type in FP32_OPS and n.name]
 
 
 def require_tensorrt():
@@ -140,34 +127,10 @@ def timing_cache_path(stem: Path, trt_version: str, compute_capability: str) -> 
     return stem.with_name(f"{stem.name}.timing-trt{trt_version}-sm{compute_capability.replace('.', '')}.cache")
 
 
-def _constrain_fp32(trt, network) -> list[str]:
-    """Pin normalisation, softmax, reduction, pow/sqrt/exp layers (float outputs) to fp32; returns their names.
-
-    The same op families `precision.FP32_OPS` keeps in fp32 in the fp16 ONNX; GELU's Erf stays fp16 (fusable).
-    """
-    unary = {trt.UnaryOperation.SQRT, trt.UnaryOperation.EXP}
-    floats = {trt.float32, trt.float16}
-    pinned = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        keep = layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE)
-        if layer.type == trt.LayerType.ELEMENTWISE:
-            layer.__class__ = trt.IElementWiseLayer  # the Python API hands out the base class
-            keep = layer.op == trt.ElementWiseOperation.POW
-        elif layer.type == trt.LayerType.UNARY:
-            layer.__class__ = trt.IUnaryLayer
-            keep = layer.op in unary
-        if not keep or not all(layer.get_output(j).dtype in floats for j in range(layer.num_outputs)):
-            continue
-        if layer.type == trt.LayerType.NORMALIZATION:
-            layer.__class__ = trt.INormalizationLayer
-            if hasattr(layer, "compute_precision"):
-                layer.compute_precision = trt.float32  # accumulate mean/variance in fp32 as well
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            layer.set_output_type(j, trt.float32)
-        pinned.append(layer.name)
-    return pinned
+def strongly_typed_flags(trt) -> int:
+    """`create_network` flags: STRONGLY_TYPED where the enum has it (TensorRT 10.x; always on where it does not)."""
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
 
 
 def build_engine(
@@ -178,24 +141,20 @@ def build_engine(
     workspace_gb: float,
     timing_cache: Path,
     log: Callable[[str], None] = print,
-) -> list[str]:
-    """Parse, configure, build and write one plan (atomically); returns the layers pinned to fp32."""
+) -> None:
+    """Parse, configure, build and write one plan (atomically), strongly typed: every tensor keeps the type the
+    ONNX gives it (`onnx_path` is model.fp16.onnx for fp16 encoders), no precision flags, nothing pinned."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(os.fspath(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise UserError(f"{onnx_path.name}: TensorRT cannot parse it: {errors[0] if errors else 'unknown error'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    pinned: list[str] = []
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        pinned = _constrain_fp32(trt, network)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    else:
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for p in profiles:
@@ -209,10 +168,7 @@ def build_engine(
             log(f"stp-build: ignoring unreadable timing cache {timing_cache.name}")
     cache = cache or config.create_timing_cache(b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    log(
-        "  "
-        + shlex.join(trtexec_command(onnx_path, plan_path, profiles, precision, workspace_gb, timing_cache, pinned))
-    )
+    log("  " + shlex.join(trtexec_command(onnx_path, plan_path, profiles, precision, workspace_gb, timing_cache)))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(
@@ -221,7 +177,6 @@ def build_engine(
         )
     atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     atomic_write_bytes(plan_path, bytes(memoryview(serialized)))
-    return pinned
 
 
 def build_bundle_engines(
@@ -238,15 +193,16 @@ def build_bundle_engines(
     settings = BuildSettings.from_manifest(manifest, **overrides)
     cache = timing_cache_path(manifest.stem, version, cc)
     engines = manifest.engines
-    for role, precision, profiles in engine_jobs(manifest, settings):
-        key = engine_cache_key(manifest.raw["files"][role]["sha256"], version, cc, precision, profiles)
+    for role, precision, profiles, source in engine_jobs(manifest, settings):
+        key = engine_cache_key(manifest.raw["files"][source]["sha256"], version, cc, precision, profiles)
         plan = engine_path(manifest, role)
         if not force and plan_is_current(manifest, role, key):
             log(f"stp-build: {plan.name} is current (key {key[:12]}), not rebuilt")
             continue
-        log(f"stp-build: building {plan.name} ({precision}, TensorRT {version}, sm {cc}) ...")
+        onnx = manifest.file(source)
+        log(f"stp-build: building {plan.name} from {onnx.name} ({precision}, {MODE}, TensorRT {version}, sm {cc}) ...")
         start = time.perf_counter()
-        pinned = build_engine(manifest.file(role), plan, profiles, precision, settings.workspace_gb, cache, log)
+        build_engine(onnx, plan, profiles, precision, settings.workspace_gb, cache, log)
         seconds = time.perf_counter() - start
         engines[role] = {
             "path": plan.name,
@@ -255,8 +211,9 @@ def build_bundle_engines(
             "tensorrt": version,
             "compute_capability": cc,
             "precision": precision,
+            "mode": MODE,
+            "onnx": onnx.name,
             "profiles": [p.to_dict() for p in profiles],
-            "fp32_layers": len(pinned),
             "build_seconds": round(seconds, 1),
         }
         log(f"stp-build: wrote {plan.name} in {seconds:.1f} s")

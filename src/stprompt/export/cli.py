@@ -74,16 +74,14 @@ def print_next_steps(manifest) -> None:
     """How to build the engines on the target, with stp-build or with trtexec alone: every engine the builder
     would build (`engine_jobs`, the builder's own list), each as one trtexec command."""
     from ..bundle.engine_keys import BuildSettings
-    from ..engines.tensorrt import onnx_fp32_layer_names, trtexec_command
+    from ..engines.tensorrt import trtexec_command
 
     settings = BuildSettings.from_manifest(manifest)
     print(f"stp-export: build engines on the target: stp-build {manifest.path}")
     cache = manifest.stem.with_name(manifest.stem.name + ".timing.cache")
-    for role, precision, profiles in engine_jobs(manifest, settings):
-        onnx_path = manifest.file(role)
-        layers = onnx_fp32_layer_names(onnx_path) if precision == "fp16" else []
-        cmd = trtexec_command(onnx_path.name, engine_path(manifest, role).name, profiles, precision,
-                              settings.workspace_gb, cache.name, layers)  # fmt: skip
+    for role, precision, profiles, source in engine_jobs(manifest, settings):
+        cmd = trtexec_command(manifest.file(source).name, engine_path(manifest, role).name, profiles, precision,
+                              settings.workspace_gb, cache.name)  # fmt: skip
         print(f"stp-export: or with trtexec ({role}): {shlex.join(cmd)}")
 
 
