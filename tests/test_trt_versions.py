@@ -30,3 +30,30 @@ def test_strongly_typed_build_and_run_per_version(version, tiny_bundle, tmp_path
     backend, _ = open_backend(dst / "model.plan")
     assert backend.name == "tensorrt"
     backend.close()
+
+
+def test_dependency_pins_cover_exactly_the_checked_tensorrt_versions_on_one_cuda_major():
+    """pyproject's [trt] extra: the CUDA 12 wheels, bounded to the versions whose API names are recorded, and a
+    cuda-python of the same CUDA major; the Dockerfile's cuda-python pins are the same."""
+    import re
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trt"]
+    trt = next(d for d in extra if d.startswith("tensorrt"))
+    cuda = next(d for d in extra if d.startswith("cuda-python"))
+    assert trt.startswith("tensorrt-cu12") and cuda == "cuda-python>=12.6,<13"
+    low, high = re.fullmatch(r"tensorrt-cu12>=([\d.]+),<([\d.]+)", trt).groups()
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split("."))
+
+    checked = sorted((p.stem.removeprefix("tensorrt-") for p in (root / "tests" / "trt_api").glob("tensorrt-*.txt")),
+                     key=key)  # fmt: skip
+    assert checked[0] == low  # the oldest checked version is the lower bound
+    assert all(key(low) <= key(v) < key(high) for v in checked)
+    newest = key(checked[-1])
+    assert key(high) == (newest[0], newest[1] + 1)  # nothing newer than the newest checked minor
+    dockerfile = (root / "Dockerfile").read_text()
+    assert dockerfile.count('"cuda-python>=12.6,<13"') == 2 and '"cuda-python>=12"' not in dockerfile
