@@ -268,3 +268,28 @@ def test_show_without_gui_is_one_clear_line(chain, tiny_dataset, capsys):
     assert run_cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--show" in err[0]
+
+
+def test_check_applies_the_exports_gates(chain, tiny_dataset, capsys):
+    """--check passes two faithful engines and fails, exit 2 with one line, when the bundle's gate is stricter than
+    the engines agree (an edited model.json: the manifest is not hashed, its files are)."""
+    import shutil
+
+    root = chain["root"]
+    work = root.parent / "check-gates"
+    shutil.copytree(chain["stem"].parent, work, dirs_exist_ok=True)  # the bundle folder
+    stem = str(work / chain["stem"].name)
+    video = str(tiny_dataset / "videos/test_5.mp4")
+    shutil.copy(root / "model.pt", stem + ".pt")
+    argv = [video, "--engine", stem + ".onnx", "--check", stem + ".pt", "--check-frames", "1"]
+    assert run_cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gate"]["passed"] and report["gate"]["encoder_threshold"] == 0.999
+    manifest = json.loads(Path(stem + ".json").read_text())
+    manifest["gates"]["head_fp32"]["threshold"] = 1e-30  # stricter than any two implementations agree
+    Path(stem + ".json").write_text(json.dumps(manifest))
+    assert run_cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["gate"]["passed"] is False
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "head outputs max abs" in err[0] and "model.json: gates" in err[0]

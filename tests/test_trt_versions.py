@@ -57,3 +57,26 @@ def test_dependency_pins_cover_exactly_the_checked_tensorrt_versions_on_one_cuda
     assert key(high) == (newest[0], newest[1] + 1)  # nothing newer than the newest checked minor
     dockerfile = (root / "Dockerfile").read_text()
     assert dockerfile.count('"cuda-python>=12.6,<13"') == 2 and '"cuda-python>=12"' not in dockerfile
+
+
+def test_stp_run_check_gates_a_plan_against_onnx_runtime(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """`stp-run --check` on a plan built by the real builder (11.4's fake) against the graph it was built from:
+    the export's gates are applied and pass (the fake runs that same graph)."""
+    import json
+
+    from conftest import write_video
+
+    from stprompt.engines.tensorrt import build_bundle_engines
+    from stprompt.runtime import cli as run_cli
+
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle.parent, dst)
+    fake_tensorrt.install(monkeypatch, "11.4.0")
+    build_bundle_engines(dst / "model.json", log=lambda _: None, max_batch=64, opt_batch=50, max_window=64)
+    video = tmp_path / "v.mp4"
+    write_video(video, 40)
+    argv = [str(video), "--engine", str(dst / "model.plan"), "--check", str(dst / "model.fp16.onnx"),
+            "--check-frames", "2"]  # fmt: skip
+    assert run_cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["a"] == "tensorrt" and report["gate"]["passed"] and report["crops"] == 100

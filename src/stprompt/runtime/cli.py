@@ -182,8 +182,29 @@ def run_check(args, backend, manifest) -> int:
     images = np.concatenate(crops)
     emb = other.encode(images).reshape(len(crops), windows.crops_per_frame(pre=manifest.preprocess), -1)
     report = parity(backend, other, images, np.ascontiguousarray(emb[:, 0]), np.ascontiguousarray(emb[:, 1:]))
+    report["gate"] = check_gate(report, manifest, [backend.path, other.path])
     print(json.dumps(report, indent=1))
+    if not report["gate"]["passed"]:
+        raise UserError(f"--check: {report['gate']['failed']} (the export's accuracy gates, model.json: gates)")
     return 0
+
+
+def check_gate(report: dict, manifest, engines) -> dict:
+    """The export's accuracy gates applied to a parity report: the encoders' min centred cosine against the bundle's
+    encoder gate (its int8 gate when an int8 graph is compared) and the head outputs' max abs difference against
+    its head gate. Polygraphy-style: the verdict says which comparison failed and by how much."""
+    gates = manifest.gates
+    int8 = any(str(e).endswith(".int8.onnx") for e in engines)
+    encoder = gates.get("encoder_int8" if int8 else "encoder_fp32", {}).get("threshold", 0.99 if int8 else 0.999)
+    head = gates.get("head_fp32", {}).get("threshold", 1e-3)
+    cosine = report["embeddings"].get("centered_cosine_min", 1.0)
+    worst = max(report[k]["max_abs"] for k in ("score", "score_c", "probs"))
+    failed = []
+    if cosine < encoder:
+        failed.append(f"embeddings min centred cosine {cosine:.6g} < {encoder}")
+    if worst > head:
+        failed.append(f"head outputs max abs {worst:.3g} > {head}")
+    return {"encoder_threshold": encoder, "head_threshold": head, "passed": not failed, "failed": "; ".join(failed)}
 
 
 def _settings(args, manifest):
