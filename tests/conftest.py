@@ -33,6 +33,16 @@ def write_video(path: Path, n_frames: int, size=(160, 120), seed: int = 0, blob:
     writer.release()
 
 
+def count_frames(path: Path) -> int:
+    """Frames OpenCV decodes from a video file (an annotated output, a test input)."""
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """4 train + 2 test videos of 40-56 frames at 160x120, classes normal + Fighting."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import write_video
+from conftest import count_frames, write_video
 
 from stprompt.errors import UserError
 from stprompt.runtime import cli as run_cli
@@ -41,15 +41,6 @@ def stdout_events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def video_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
-
-
 def stp_run(*argv: str) -> int:
     return run_cli.main([*argv, "--quiet"])
 
@@ -71,7 +62,7 @@ def test_several_outputs_at_once_get_the_same_events(video, engine, reference, t
     assert stp_run(*argv, *ALARMS) == 0
     assert read_events(events) == reference
     assert stdout_events(capsys.readouterr().out) == reference
-    assert video_frames(annotated) == 64 // STRIDE
+    assert count_frames(annotated) == 64 // STRIDE
 
 
 def test_aliases_equal_their_output_uris(video, engine, reference, tmp_path, capsys):
@@ -83,7 +74,7 @@ def test_aliases_equal_their_output_uris(video, engine, reference, tmp_path, cap
                    "--output", str(b / "v.mp4"), *ALARMS) == 0  # fmt: skip
     assert (a / "e.jsonl").read_text() == (b / "e.jsonl").read_text()
     assert read_events(b / "e.jsonl") == reference
-    assert video_frames(a / "v.mp4") == video_frames(b / "v.mp4") == 64 // STRIDE
+    assert count_frames(a / "v.mp4") == count_frames(b / "v.mp4") == 64 // STRIDE
     assert capsys.readouterr().out == ""  # a JSON Lines output was given: nothing on stdout
 
 

@@ -16,7 +16,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import write_video
+from conftest import count_frames, write_video
 
 from stprompt.errors import UserError
 from stprompt.runtime import cli as run_cli
@@ -70,15 +70,6 @@ def probe(path: Path) -> dict:
     return info
 
 
-def cv2_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
-
-
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_annotated_video_is_h264_that_pyav_and_opencv_decode(suffix, video, engine, tmp_path):
     out = tmp_path / f"annotated{suffix}"
@@ -87,7 +78,7 @@ def test_annotated_video_is_h264_that_pyav_and_opencv_decode(suffix, video, engi
     info = probe(out)
     assert info == {"codec": "h264", "pix_fmt": "yuv420p", "size": (160, 120), "rate": Fraction(25, STRIDE),
                     "frames": 64 // STRIDE}  # fmt: skip
-    assert cv2_frames(out) == 64 // STRIDE
+    assert count_frames(out) == 64 // STRIDE
     if suffix == ".mp4":  # fragmented: an empty moov up front, then a moof per keyframe
         data = out.read_bytes()
         assert data[4:8] == b"ftyp" and b"mvex" in data and data.count(b"moof") >= 2
@@ -119,7 +110,7 @@ def test_a_killed_run_leaves_a_decodable_video(engine, tmp_path):
         except av.error.FFmpegError:
             pass
     print(f"killed run: {out.stat().st_size} bytes, {frames} frames decoded, {scored} snippets scored")
-    assert frames >= 2 and cv2_frames(out) >= 2
+    assert frames >= 2 and count_frames(out) >= 2
 
 
 def test_each_source_gets_its_own_rate_and_a_short_name(engine, tmp_path):
@@ -212,7 +203,7 @@ def test_mp4v_when_pyav_is_missing(video, engine, tmp_path, capsys, monkeypatch)
     assert fourcc in ("mp4v", "FMP4")  # MPEG-4 part 2, as OpenCV's FFmpeg names it when reading
     assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(25 / STRIDE, rel=1e-3)
     cap.release()
-    assert cv2_frames(out) == 64 // STRIDE
+    assert count_frames(out) == 64 // STRIDE
     with pytest.raises(UserError, match="unknown video suffix"):  # the checks hold without PyAV too
         VideoSink(str(tmp_path / "v.webm"))
     with pytest.raises(UserError, match="no folder"):

@@ -44,7 +44,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from .bundle import engine_keys
 from .bundle.manifest import FORMAT, SUFFIX, Manifest, load_manifest, write_manifest
-from .engines import tensorrt as trt_build
+from .engines import tensorrt as trt_engines
 from .errors import UserError, cli_entry, first_line
 
 PROG = "stp-appliance"
@@ -72,19 +72,19 @@ class Decision:
 def probe_tensorrt() -> TrtTarget | str:
     """The TensorRT version and GPU compute capability plans are built for here, or why TensorRT cannot be used."""
     try:
-        present = trt_build.tensorrt_available()
+        present = trt_engines.tensorrt_available()
     except (ImportError, ValueError):  # find_spec raises for a module blocked or half-installed
         present = False
     if not present:
         return "TensorRT is not installed"
     try:
-        trt = trt_build.require_tensorrt()
+        trt = trt_engines.require_tensorrt()
     except UserError as err:
         return str(err)
     except Exception as err:  # noqa: BLE001 - a broken install (missing libnvinfer, driver) means: fall back
         return f"TensorRT does not load ({first_line(err)})"
     try:
-        cc = trt_build.gpu_compute_capability()
+        cc = trt_engines.gpu_compute_capability()
     except Exception:  # noqa: BLE001 - UserError from the probe, or a CUDA library error: no usable GPU
         return NO_GPU
     return TrtTarget(str(trt.__version__), cc)
@@ -233,7 +233,7 @@ def prepare_engine(
     message = f"{PROG}: {action}: {why}; building into {work.root} ({where}; takes minutes, later starts reuse it)"
     log(message)
     build_log = (lambda _msg: None) if quiet else log
-    built = trt_build.build_bundle_engines(work_file, force=force, log=build_log, **overrides)
+    built = trt_engines.build_bundle_engines(work_file, force=force, log=build_log, **overrides)
     engine = built.engine("encoder")
     if engine is None or not engine.is_file():
         raise UserError(f"stp-build left no encoder plan in {work.root}")

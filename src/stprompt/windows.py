@@ -27,11 +27,11 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from .bundle.preprocess import DEFAULT, RESAMPLER, SIZE, Preprocess
+from .bundle.preprocess import DEFAULT, SIZE, Preprocess
 from .kernels.normalize import normalize_frames, normalize_tiles
 
 IMAGE_SIZE = SIZE  # the only size the runtime honours (Preprocess.check_supported refuses others)
-_INTERP = {RESAMPLER: cv2.INTER_CUBIC}[RESAMPLER]
+_INTERP = cv2.INTER_CUBIC  # preprocess.RESAMPLER, the only resampler a bundle may name (check_supported)
 _CUBIC_SUPPORT = 2  # source pixels a bicubic tap reaches beyond the sampled position
 
 

@@ -193,10 +193,11 @@ def check_gate(report: dict, manifest, engines) -> dict:
     """The export's accuracy gates applied to a parity report: the encoders' min centred cosine against the bundle's
     encoder gate (its int8 gate when an int8 graph is compared) and the head outputs' max abs difference against
     its head gate. Polygraphy-style: the verdict says which comparison failed and by how much."""
-    gates = manifest.gates
-    int8 = any(str(e).endswith(".int8.onnx") for e in engines)
-    encoder = gates.get("encoder_int8" if int8 else "encoder_fp32", {}).get("threshold", 0.99 if int8 else 0.999)
-    head = gates.get("head_fp32", {}).get("threshold", 1e-3)
+    from ..bundle.manifest import ROLE_SUFFIXES
+
+    int8 = any(str(e).endswith(ROLE_SUFFIXES["encoder_int8"]) for e in engines)  # the int8 graph is the bundle's
+    encoder = manifest.gates["encoder_int8" if int8 else "encoder_fp32"]["threshold"]  # the export recorded these
+    head = manifest.gates["head_fp32"]["threshold"]
     cosine = report["embeddings"].get("centered_cosine_min", 1.0)
     worst = max(report[k]["max_abs"] for k in ("score", "score_c", "probs"))
     failed = []

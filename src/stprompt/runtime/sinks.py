@@ -183,9 +183,6 @@ class JsonLinesSink(Sink):
             self.fh.close()
 
 
-EventWriter = JsonLinesSink  # the name it had before outputs were URIs
-
-
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 FALLBACK_WARNING = (
     "PyAV is not installed (pip install av): {path} is written with OpenCV's mp4v, which browsers do not play and "
@@ -530,9 +527,7 @@ def open_outputs(outputs: Sequence[str | Output | Sink], ctx: OutputContext | No
             for i, r in enumerate(resolved):
                 if isinstance(r, Sink) or issubclass(r[0], JsonLinesSink) != last:
                     continue
-                sink = opened[i] = r[0].from_uri(r[1], ctx, r[2])
-                if sink.target is not None and sum(s.target == sink.target for s in opened.values()) > 1:
-                    raise UserError(f"output {sink.target} given twice")
+                opened[i] = r[0].from_uri(r[1], ctx, r[2])
         sinks = [r if isinstance(r, Sink) else opened[i] for i, r in enumerate(resolved)]
         targets = [s.target for s in sinks if s.target is not None]
         if len(set(targets)) < len(targets):
