@@ -25,7 +25,7 @@ import stprompt
 
 PACKAGE_DIR = Path(stprompt.__file__).resolve().parent
 HEAVY = ("torch", "open_clip")
-TORCH_FREE_ROOMS = ("stprompt.bundle", "stprompt.engines", "stprompt.runtime")
+TORCH_FREE_ROOMS = ("stprompt.bundle", "stprompt.engines", "stprompt.runtime", "stprompt.triton")
 
 
 @dataclass(frozen=True)

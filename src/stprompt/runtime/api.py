@@ -20,7 +20,8 @@ Or let stp-run's own pipeline read the sources (URIs, as stp-run takes them) and
 Events are `{"type": "frame", "source", "frame", "time", "score", "score_c", "class", "probs"}` per snippet
 and `{"type": "alarm", "state": "start" | "ongoing" | "end", ..., "boxes": [[x1, y1, x2, y2, score], ...]}`;
 a pipeline's live sources add `{"type": "source", "source", "state": "down" | "up", "reason", "time"}` per state
-change (they reconnect forever by default: `reconnect=N` gives up after N attempts, 0 never reconnects).
+change (they reconnect forever by default: `reconnect=N` gives up after N attempts, 0 never reconnects), and a
+Triton encoder (`triton=`) `{"type": "engine", "engine", "state": "down" | "up", "reason", "time"}`.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ def open_detector(
     max_batch: int = 256,
     gate: float = 0.0,
     gate_refresh: int | None = None,
+    triton: str | None = None,
 ) -> Detector:
     """A Detector over the bundle that `engine` belongs to (its manifest is found beside it and verified).
-    `gate_refresh`: as stp-run's --gate-refresh (None = its default, `gating.REFRESH_DEFAULT`)."""
+    `gate_refresh`: as stp-run's --gate-refresh (None = its default, `gating.REFRESH_DEFAULT`). `triton`: the
+    encoder on that Triton server (grpc://HOST:PORT[/MODEL]), as stp-run's --triton."""
     from .backends import open_backend
     from .gating import REFRESH_DEFAULT
 
-    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
+    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch, triton=triton)
     refresh = REFRESH_DEFAULT if gate_refresh is None else gate_refresh
     return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch, gate=gate,
                     gate_refresh=refresh)  # fmt: skip
@@ -74,6 +77,8 @@ def open_pipeline(
     status: bool = False,
     on_frame: Callable[[str, Frame], None] | None = None,
     reconnect: int | None = None,
+    triton: str | None = None,
+    triton_options: dict | None = None,
 ) -> Pipeline:
     """stp-run's pipeline over `sources` (URIs or Source objects, ids as stp-run gives them) into `outputs`
     (output URIs as --output takes them, or Sink objects), with stp-run's defaults: the same events as its
@@ -82,12 +87,14 @@ def open_pipeline(
     `gate`, `gate_refresh`: as stp-run's --gate and --gate-refresh (None = its default).
     `status`: stp-run's status line on stderr. The pipeline owns the sources and outputs (use it as a context
     manager, or call close(): a clean stop that still scores what was read). `reconnect`: the live sources' policy
-    as stp-run's --reconnect (None = forever)."""
+    as stp-run's --reconnect (None = forever), and the Triton server's. `triton`: as stp-run's --triton
+    (grpc://HOST:PORT[/MODEL]: the encoder on that server); `triton_options`: timeout_s, in_flight, backoff."""
     from .backends import open_backend
     from .pipeline import build_pipeline
     from .sinks import Status
 
-    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch)
+    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch, triton=triton,
+                                     triton_options={"reconnect": reconnect, **(triton_options or {})})  # fmt: skip
     return build_pipeline(backend, manifest, sources, outputs, lookahead=lookahead, alarm=alarm, localize=localize,
                           max_batch=max_batch, gate=gate, gate_refresh=gate_refresh,
                           status=Status(False) if status else None,

@@ -108,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(the source fails; exit 1 when every source failed); 0 = never (a source that cannot deliver now is "
         "refused, a stream that ends ends there). Files and folders: no effect",
     )
+    p.add_argument(
+        "--triton",
+        metavar="grpc://HOST:PORT[/MODEL]",
+        help="run the image encoder on this Triton Inference Server (a repository from stp-triton; model default "
+        "stp_encoder) and the head here; its model config is checked against the bundle --engine names before the "
+        "first frame and after every reconnect. An unreachable or restarting server is retried as --reconnect says "
+        "(engine down / up events; files wait, live sources drop frames meanwhile)",
+    )
+    p.add_argument("--triton-timeout", type=float, default=30.0, metavar="S",
+                   help="deadline of one encoder request to the Triton server, seconds")  # fmt: skip
+    p.add_argument("--triton-in-flight", type=int, default=4, metavar="N",
+                   help="encoder requests (one sampled frame's crops each) outstanding at once")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no status line and no summary (source state changes "
                    "and errors are still printed)")  # fmt: skip
     return p
@@ -153,6 +165,8 @@ def check_args(args: argparse.Namespace) -> None:
     _in_range(args.min_box_area, "--min-box-area", 0, 1, open_top=True)
     _in_range(args.max_batch, "--max-batch", 1)
     _in_range(args.check_frames, "--check-frames", 1)
+    _in_range(args.triton_timeout, "--triton-timeout", 0.001)
+    _in_range(args.triton_in_flight, "--triton-in-flight", 1)
     if args.alarm_on is not None and args.alarm_off is not None and args.alarm_off > args.alarm_on:
         raise UserError(f"--alarm-off {args.alarm_off:g} must be <= --alarm-on {args.alarm_on:g}")
 
@@ -278,12 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     from .backends import open_backend
+    from .backends.base import EncoderUnavailable
     from .pipeline import build_pipeline
     from .sinks import Status
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
+    triton = {"timeout_s": args.triton_timeout, "in_flight": args.triton_in_flight, "reconnect": args.reconnect}
     backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch, device=args.device,
-                                     precision=args.precision)  # fmt: skip
+                                     precision=args.precision, triton=args.triton, triton_options=triton)  # fmt: skip
     if args.check:
         return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)
@@ -296,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.run()
         except KeyboardInterrupt:  # a second Ctrl-C: the events written so far stay valid JSON Lines
             pass
+        except EncoderUnavailable as err:  # the Triton server stayed down past --reconnect: what was encoded is
+            print(f"stp-run: error: {one_line(str(err))}", file=sys.stderr)  # scored and written, then exit 1
+            return 1
         finally:
             pipeline.close()
     return exit_status(pipeline, received)

@@ -164,8 +164,14 @@ class Pipeline:
         self._read: dict[str, int] = dict.fromkeys(ids, 0)
         self._endings: dict[str, str] = {}  # source id -> how it ended (report())
         self._states: dict[str, str] = {}  # source id -> its last `source` event's state (live sources)
+        self.unencoded = 0  # frames read but never encoded: the encoder server was down when the run stopped
+        self.engine_error: Exception | None = None  # a remote encoder that stayed unreachable (raised at the end)
+        self._engine_events: list[dict[str, Any]] = []  # written during a detector call, yielded after it
         self._chained = detector.on_snippet
         detector.on_snippet = self._snippet
+        bind_run = getattr(detector.backend, "bind_run", None)  # a remote encoder's down / up events, and its waits
+        if bind_run is not None:  # end when the run stops
+            bind_run(self._engine_event, lambda: self._stop)
 
     # -- public ---------------------------------------------------------------------------------------
     @property
@@ -173,7 +179,7 @@ class Pipeline:
         """The detector's counters, plus frames read, frames the live sources dropped, unreadable images skipped and
         events written."""
         return {**self.detector.stats, "frames": self.frames, "dropped": self._drops(), "skipped": self._skipped(),
-                "events": self.events_out}  # fmt: skip
+                "unencoded": self.unencoded, "events": self.events_out}  # fmt: skip
 
     @property
     def stopping(self) -> bool:
@@ -300,6 +306,8 @@ class Pipeline:
                 self._endings[src.id] = "stopped"
             self._update_status(0, 0.0, force=True)
             self._summary()
+            if self.engine_error is not None and getattr(self.engine_error, "gave_up", True):
+                raise self.engine_error
         except KeyboardInterrupt:  # a hard stop (a second Ctrl-C): no more scoring
             self.interrupted = True
             for src in active:
@@ -351,6 +359,8 @@ class Pipeline:
             if r["live"]:
                 counts += f", {r['reconnects']} reconnect{'s' * (r['reconnects'] != 1)}, {r['dropped']} dropped"
             inform(f"summary: {r['source']}: {counts}; {r['end']}{': ' + r['error'] if r['error'] else ''}")
+        if self.unencoded:
+            inform(f"summary: {self.unencoded} frames read while the encoder was unreachable were not scored")
 
     def _reconnect_note(self) -> str:
         """The live sources' reconnects for the status line: `reconnects 2`, `reconnects 0:1 2:0 (down)`."""
@@ -382,11 +392,32 @@ class Pipeline:
         """One detector call over a batch; its events reach the sinks before on_frame and the caller see them."""
         if not chunk:
             return
-        events = self._write(self.detector.process(chunk))
+        from .backends.base import EncoderUnavailable
+
+        try:
+            events = self.detector.process(chunk)
+        except EncoderUnavailable as err:  # what was encoded before is still scored: a stop, then `err` at the end
+            self.engine_error, self.unencoded = err, self.unencoded + len(chunk)
+            self.stop()
+            yield from self._take_engine_events()
+            return
+        yield from self._take_engine_events()
+        events = self._write(events)
         if self.on_frame is not None:
             for sid, frame in chunk:
                 self.on_frame(sid, frame)
         yield from events
+
+    def _engine_event(self, event: dict[str, Any]) -> None:
+        """A remote encoder's state change, during a detector call: one log line and the sinks at once (an
+        operator learns of an outage when it starts, not when it ends); the iterator gets it after the call."""
+        inform(f"engine {event.get('engine')} {event.get('state')}: {event.get('reason')}")
+        self._write([event])
+        self._engine_events.append(event)
+
+    def _take_engine_events(self) -> list[dict[str, Any]]:
+        events, self._engine_events = self._engine_events, []
+        return events
 
     def _write(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for sink in self.sinks:

@@ -17,6 +17,16 @@ import numpy as np
 from ... import windows
 from ...bundle.graphs import HEAD_OUTPUTS
 from ...bundle.preprocess import DEFAULT, Preprocess
+from ...errors import UserError
+
+
+class EncoderUnavailable(UserError):
+    """A remote encoder (a Triton server) stayed unreachable: the reconnect policy gave up (`gave_up`), or the run
+    was stopped while waiting for it. The pipeline scores what was already encoded, then raises it."""
+
+    def __init__(self, message: str, gave_up: bool):
+        super().__init__(message)
+        self.gave_up = gave_up
 
 
 @runtime_checkable

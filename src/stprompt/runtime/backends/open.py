@@ -29,7 +29,8 @@ from .base import Backend
 
 def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = None, max_batch: int | None = None,
                  manifest: str | os.PathLike | None = None, device: str | None = None,
-                 precision: str | None = None) -> tuple[Backend, Manifest]:  # fmt: skip
+                 precision: str | None = None, triton: str | None = None,
+                 triton_options: dict[str, Any] | None = None) -> tuple[Backend, Manifest]:  # fmt: skip
     """Open the backend the engine file's suffix names, with its verified bundle manifest.
 
     `providers`: ONNX Runtime execution providers in priority order (default CPU; aliases cpu, cuda, tensorrt).
@@ -38,6 +39,9 @@ def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = Non
     `manifest`: the bundle's model.json when the engine (typically a `.pt` checkpoint) is not beside it.
     `device` / `precision`: the PyTorch backend's (cpu fp32 / bf16, cuda fp16 / bf16 / fp32); other engines carry
     their precision in the file.
+    `triton`: grpc://HOST:PORT[/MODEL]: the encoder runs on that Triton server (checked against this bundle), the
+    heads here on ONNX Runtime; the engine is then an ONNX file naming the bundle. `triton_options`: TritonBackend's
+    keywords (timeout_s, in_flight, reconnect).
     """
     path = Path(engine)
     suffix = path.suffix.lower()
@@ -62,7 +66,15 @@ def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = Non
                         "(use model.fp16.onnx / model.int8.onnx, or a TensorRT plan)")  # fmt: skip
     m.preprocess  # noqa: B018 - a bundle whose preprocessing this runtime cannot honour is refused here, by field
     backend: Backend
-    if suffix in TORCH_SUFFIXES:
+    if triton is not None:
+        from .triton import TritonBackend
+
+        if suffix not in ONNX_SUFFIXES:
+            raise UserError(f"--triton runs the encoder on the server and the head with ONNX Runtime here: name the "
+                            f"bundle by its model.onnx, not {path.name}")  # fmt: skip
+        bundle_role(path, m, "files")
+        backend = TritonBackend(triton, m, providers=providers, max_batch=max_batch, **(triton_options or {}))
+    elif suffix in TORCH_SUFFIXES:
         from .torch_ref import TorchBackend
 
         backend = TorchBackend(path, m, max_batch, device or "cpu", precision)

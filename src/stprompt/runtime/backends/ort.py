@@ -1,4 +1,4 @@
-"""ONNX Runtime: the chosen encoder graph (fp32, fp16 or int8) and the bundle's fp32 head graphs."""
+"""ONNX Runtime: the chosen encoder graph (fp32, fp16 or int8) and the bundle's fp32 head graphs (`OrtHeads`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .base import BackendBase, as_float32, check_features_inputs, check_head_inp
 
 
 class OrtBackend(BackendBase):
-    """Sessions on the requested execution providers; the heads never on TensorRT's EP (T changes every call)."""
+    """Sessions on the requested execution providers (the heads: `OrtHeads`)."""
 
     def __init__(self, encoder: Path, manifest: Manifest, role: str, providers: Sequence[str] | None,
                  max_batch: int | None):  # fmt: skip
@@ -31,16 +31,35 @@ class OrtBackend(BackendBase):
                 f"ONNX Runtime could not start {self.providers[0]} for {encoder.name} and fell back to "
                 f"{', '.join(active)} (missing CUDA / cuDNN / TensorRT libraries?)"
             )
-        # the head's T changes every call: TensorRT EP would rebuild an engine per new length, so it runs elsewhere
-        head_providers = [p for p in self.providers if p != "TensorrtExecutionProvider"] or [CPU]
-        self._head = ort_session(manifest.file("head"), head_providers)
-        self._head_features = (
-            ort_session(manifest.file("head_features"), head_providers) if manifest.has("head_features") else None
-        )
+        self._heads = OrtHeads(manifest, self.providers)
         self.name = f"onnxruntime[{','.join(active)}]"
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         return run_encoder(self._encoder, images, batch=len(images))
+
+    def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._heads.head(x_clip, x_patch)
+
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        return self._heads.head_features(x_clip, x_as)
+
+    def close(self) -> None:
+        self._encoder = None
+        self._heads.close()
+
+
+class OrtHeads:
+    """The bundle's fp32 head graphs on ONNX Runtime: for OrtBackend, and for clients whose encoder runs
+    elsewhere (a Triton server). Never on TensorRT's EP: T changes every call and it would rebuild an engine per
+    new length."""
+
+    def __init__(self, manifest: Manifest, providers: Sequence[str]):
+        self.dim = manifest.dim
+        head_providers = [p for p in providers if p != "TensorrtExecutionProvider"] or [CPU]
+        self._head = ort_session(manifest.file("head"), head_providers)
+        self._head_features = (
+            ort_session(manifest.file("head_features"), head_providers) if manifest.has("head_features") else None
+        )
 
     def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
         x_clip, x_patch = check_head_inputs(x_clip, x_patch, self.dim)
@@ -53,4 +72,4 @@ class OrtBackend(BackendBase):
         return as_float32(run_head(self._head_features, x_clip, x_as, X_AS))
 
     def close(self) -> None:
-        self._encoder = self._head = self._head_features = None
+        self._head = self._head_features = None
