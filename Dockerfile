@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # stprompt appliance image. On start, stp-appliance builds the TensorRT engines of the bundle mounted at /bundle
 # into /cache (or reuses them when their cache key matches, or falls back to ONNX Runtime without TensorRT or a GPU),
-# then execs stp-run with the container's arguments. Runtime dependencies only: no torch, no open_clip.
+# then execs stp-run with the container's arguments (with --triton URL among them nothing is built: the encoder runs
+# on that Triton server, tritonclient's gRPC client is in every target). Runtime dependencies only: no torch.
 #
 #   x86_64 + NVIDIA GPU (default)   docker build -t stprompt:gpu .
 #   Jetson Orin, JetPack 6.1 / 6.2  docker build -t stprompt:jetson --build-arg TARGET=jetson \
@@ -32,7 +33,7 @@ RUN python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorrt'
 # pip install into the image's only Python on the Ubuntu 24.04-based tags (PEP 668); this image has no other use.
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \
         "numpy>=1.24,<2" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" "av>=14" \
-        "onnxruntime-gpu>=1.17" "cuda-python>=12.6,<13"
+        "onnxruntime-gpu>=1.17" "cuda-python>=12.6,<13" "tritonclient[grpc]>=2.40"
 
 # --- Jetson (JetPack 6): TensorRT, CUDA and OpenCV (with GStreamer) from JetPack, never from PyPI
 FROM ${BASE_IMAGE} AS runtime-jetson
@@ -52,12 +53,14 @@ RUN has() { python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('$
     fi
 # NumPy < 2: JetPack's TensorRT bindings and the apt OpenCV are built against NumPy 1.x.
 RUN python3 -m pip install --no-cache-dir \
-        "numpy>=1.24,<2" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17" "cuda-python>=12.6,<13"
+        "numpy>=1.24,<2" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17" "cuda-python>=12.6,<13" \
+        "tritonclient[grpc]>=2.40"
 
 # --- CPU only: stp-appliance falls back to ONNX Runtime (use the bundle's model.int8.onnx through stp-run for speed)
 FROM ${CPU_BASE_IMAGE} AS runtime-cpu
 RUN python3 -m pip install --no-cache-dir \
-        "numpy>=1.24" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17"
+        "numpy>=1.24" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17" \
+        "tritonclient[grpc]>=2.40"
 
 # --- the appliance: the same on every target
 # DL3006 (tag the image) ignored: runtime-${TARGET} is one of the stages above, not a registry image.

@@ -142,6 +142,20 @@ def test_no_tensorrt_falls_back_to_the_onnx_encoder(tiny_bundle, tmp_path, capsy
     assert not cache.exists()  # nothing to build, nothing written
 
 
+def test_triton_client_builds_nothing_and_hands_over_the_onnx(tiny_bundle, tmp_path, capsys, no_exec, trt):
+    """--triton among stp-run's arguments: the encoder runs on the server, so no plan is built even where TensorRT
+    and a GPU are present; stp-run gets model.onnx (it names the bundle; the heads run here)."""
+    cache = tmp_path / "cache"
+    args = ["--bundle", str(tiny_bundle), "--cache", str(cache), "rtsp://cam/1", "--triton", "grpc://gpu-pool:8001"]
+    with pytest.raises(Execed) as run:
+        appliance.main(args)
+    engine = tiny_bundle.with_name("model.onnx")
+    assert run.value.argv[3:] == ["--engine", str(engine), "rtsp://cam/1", "--triton", "grpc://gpu-pool:8001"]
+    assert stderr_lines(capsys) == [f"stp-appliance: remote: the encoder runs on Triton (grpc://gpu-pool:8001), "
+                                    f"nothing to build; stp-run gets {engine}"]  # fmt: skip
+    assert trt.builds == [] and not cache.exists()
+
+
 # --- build, reuse, rebuild -------------------------------------------------------------------------------------------
 
 

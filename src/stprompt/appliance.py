@@ -7,7 +7,9 @@ On every start it decides, and says on one stderr line, one of:
              a rebuild was asked for (`--rebuild`, STP_REBUILD=1);
 - `reuse`    every plan's cache key and sha256 match: nothing is built;
 - `fallback` TensorRT is not importable or no GPU is visible: `stp-run` gets the bundle's ONNX encoder and
-             runs it with ONNX Runtime.
+             runs it with ONNX Runtime;
+- `remote`   stp-run's arguments carry `--triton URL`: the encoder runs on that Triton server, so nothing is
+             built; `stp-run` gets the bundle's model.onnx to name the bundle (its heads run here).
 
 The cache keys are the bundle room's (`stprompt.bundle.engine_keys`: `expected_key`, `plan_is_current`) and the
 builder is `stp-build`'s (`stprompt.engines.tensorrt.build_bundle_engines`), so a plan the appliance reuses is
@@ -50,7 +52,7 @@ from .errors import UserError, cli_entry, first_line
 PROG = "stp-appliance"
 ENV_BUNDLE, ENV_CACHE, ENV_REBUILD, ENV_BUILD_ARGS = "STP_BUNDLE", "STP_CACHE", "STP_REBUILD", "STP_BUILD_ARGS"
 NO_GPU = "no CUDA GPU is visible to TensorRT (containers: docker run --gpus all on x86, --runtime nvidia on Jetson)"
-ACTIONS = ("build", "rebuild", "reuse", "fallback")
+ACTIONS = ("build", "rebuild", "reuse", "fallback", "remote")
 
 
 class TrtTarget(NamedTuple):
@@ -287,17 +289,29 @@ def split_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None = Non
     return own, list(argv[i:])
 
 
-def check_run_args(run_args: Sequence[str]) -> None:
-    """Let stp-run's parser judge the arguments before a build of minutes, and keep --engine the appliance's."""
+def check_run_args(run_args: Sequence[str]) -> argparse.Namespace:
+    """Let stp-run's parser judge the arguments before a build of minutes, and keep --engine the appliance's;
+    stp-run's parsed arguments."""
     from .runtime import cli as run_cli
 
     placeholder = "<the appliance's engine>"
     # argparse errors (and --help) exit here; a user's --engine (or an abbreviation of it) replaces the placeholder
-    if run_cli.build_parser().parse_args(["--engine", placeholder, *run_args]).engine != placeholder:
+    parsed = run_cli.build_parser().parse_args(["--engine", placeholder, *run_args])
+    if parsed.engine != placeholder:
         raise UserError(
             "stp-run's --engine is chosen by the appliance from the bundle; to run another engine file use "
             "stp-run directly (docker run --entrypoint stp-run ...)"
         )
+    return parsed
+
+
+def remote_encoder(bundle: str | os.PathLike, url: str, log: Callable[[str], None] | None = None) -> Decision:
+    """`--triton URL`: the encoder runs on the server; stp-run gets the bundle's model.onnx and builds nothing."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    engine = load_manifest(find_manifest(bundle)).file("encoder")
+    message = f"{PROG}: remote: the encoder runs on Triton ({url}), nothing to build; stp-run gets {engine}"
+    log(message)
+    return Decision("remote", engine, message)
 
 
 def exec_stp_run(engine: Path, run_args: Sequence[str]) -> NoReturn:
@@ -337,7 +351,9 @@ def _run(argv: list[str] | None) -> None:
         raise UserError(f"no bundle: give --bundle DIR or set {ENV_BUNDLE} (the image sets /bundle)")
     if not run_args:
         raise UserError("no stp-run arguments: give at least one SOURCE (a video, camera0, rtsp://...)")
-    check_run_args(run_args)
+    parsed = check_run_args(run_args)
+    if parsed.triton:
+        exec_stp_run(remote_encoder(bundle, parsed.triton).engine, run_args)
     cache = args.cache or os.environ.get(ENV_CACHE) or None
     build_args = shlex.split(args.build_args if args.build_args is not None else os.environ.get(ENV_BUILD_ARGS, ""))
     decision = prepare_engine(bundle, cache, rebuild=args.rebuild or _env_flag(ENV_REBUILD), build_args=build_args)

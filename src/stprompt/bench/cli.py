@@ -3,6 +3,7 @@
     stp-bench --clip ViT-B-16:random                 # random-weights bundle built on the fly, every backend here
     stp-bench --engine bundle/model.onnx --json r.json   # a given bundle file
     stp-bench --engine bundle/model.json --backends ort-fp32,ort-int8,torch-bf16,baseline
+    stp-bench --engine bundle/model.onnx --triton grpc://gpu-box:8001 --streams 1,2,4,8   # a Triton server's capacity
 
 What is timed is printed beside every number and stored in the JSON (see `stprompt.bench.stages`).
 """
@@ -49,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", type=float, default=0.0, help="motion gating threshold for the end-to-end run")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOPs table (needs open_clip for the config)")
     p.add_argument("--json", metavar="FILE", help="write the full results here (atomically)")
+    t = p.add_argument_group("Triton capacity (--triton; see stprompt.bench.triton)")
+    t.add_argument("--triton", metavar="URL", help="grpc://HOST:PORT[/MODEL]: measure this bundle's encoder on that "
+                   "Triton server with 1..N concurrent client streams and estimate the camera streams it sustains "
+                   "(needs --engine naming the bundle's model.onnx; the other measurements are not run). Does "
+                   "not wait for the server: unreachable at the start or during the run ends stp-bench with one "
+                   "line")  # fmt: skip
+    t.add_argument("--streams", default="1,2,4,8", help="with --triton: concurrency levels, a comma separated list "
+                   "or a maximum N (1,2,4..N); each stream is a thread with its own gRPC client")  # fmt: skip
+    t.add_argument("--duration", type=float, default=10.0, help="with --triton: timed seconds per level (after "
+                   "--warmup untimed calls per stream)")  # fmt: skip
+    t.add_argument("--fps", type=float, default=25.0, help="with --triton: camera frame rate for the estimate (one "
+                   "sampled frame every bundle stride frames)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -273,6 +286,8 @@ def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[s
 @cli_entry("stp-bench")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.triton is not None:
+        return _triton(args)
     if args.frames < 1 or args.repeats < 1 or args.warmup < 0:
         raise UserError("--frames and --repeats must be >= 1, --warmup >= 0")
     _parse_size(args.size)
@@ -297,6 +312,32 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"{engine.name}: bundle manifest {manifest_path} not found beside it")
         result = _bench(args, manifest_path, engine, work)
     print(render(result))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
+        _log(args, f"stp-bench: wrote {args.json}")
+    return 0
+
+
+def _triton(args) -> int:
+    """`--triton URL`: the server's capacity for the bundle --engine names (stprompt.bench.triton)."""
+    from ..bundle.membership import bundle_manifest_for
+    from . import triton
+
+    if args.clip:
+        raise UserError("--triton measures a bundle's encoder on a server: name the bundle with --engine "
+                        "BUNDLE/model.onnx, not --clip")  # fmt: skip
+    if args.backends != "auto":
+        raise UserError("--backends chooses backends on this machine; with --triton the encoder runs on the server")
+    if args.warmup < 0:
+        raise UserError("--warmup must be >= 0")
+    engine = Path(args.engine)
+    if not engine.is_file():
+        raise UserError(f"engine file not found: {engine}")
+    manifest_path = bundle_manifest_for(engine)
+    if not manifest_path.is_file():
+        raise UserError(f"{engine.name}: bundle manifest {manifest_path} not found beside it")
+    result = triton.bench(args, engine, manifest_path, lambda m: _log(args, m))
+    print(triton.render(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
         _log(args, f"stp-bench: wrote {args.json}")

@@ -11,4 +11,5 @@ Modules (one job each):
 - `engine_keys` engine build settings, input profiles and the cache keys a built engine must carry
 - `ort`         the ONNX Runtime session factory (providers, the fp16 CPU workaround) and graph runners
 - `compare`     output comparison (centred cosine, max abs / rel) for export gates and `stp-run --check`
+- `serving`     the graphs as an inference server hosts them (tensors, identity parameters) and the client's check
 """

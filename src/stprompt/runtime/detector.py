@@ -20,10 +20,11 @@ import numpy as np
 
 from .. import kernels, sampling, windows
 from ..bundle.manifest import Thresholds
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
 from ..localize.heat import LocalizeSettings, frame_heat
+from .backends.base import EncoderUnavailable
 from .frames import Frame
 from .gating import REFRESH_DEFAULT, WindowGate
 from .stream import SnippetResult, StreamingFeatureHead, StreamingHead
@@ -263,8 +264,12 @@ class Detector:
             alarm_event = self._update_alarm(sid, state, r, s, event)
             if alarm_event is not None:
                 if alarm_event["state"] != "end":
-                    snippet.heat, snippet.boxes = self._locate(s)
-                    alarm_event["boxes"] = np.round(snippet.boxes, 2).tolist()
+                    try:
+                        snippet.heat, snippet.boxes = self._locate(s)
+                        alarm_event["boxes"] = np.round(snippet.boxes, 2).tolist()
+                    except EncoderUnavailable as err:  # a remote encoder gone for good: the score stands, no boxes
+                        alarm_event["boxes"] = []
+                        alarm_event["localization"] = f"skipped: {first_line(err)}"
                 events.append(alarm_event)
             if self.on_snippet is not None:
                 self.on_snippet(snippet)

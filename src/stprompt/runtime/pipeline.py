@@ -10,7 +10,10 @@ another thread, or a sink such as the live window asking) ends reading at the ne
 scores every snippet already read: each open stream is finished with its true end; close() on the iterating
 thread is such a stop too. A live source's state changes (down / up, `source` events) reach every sink and one
 stderr line each; a down ends that stream as an end of file does (a reconnect starts a new one), and `report()`
-tells per source how it ended. Torch-free.
+tells per source how it ended. A remote encoder (Triton) reports its outages as `engine` events, written the
+moment they happen; while it is down the detector call waits (files wait, live sources drop frames), and when it
+stays down (its reconnect policy gave up) the run stops as at a stop, scores what was encoded and raises
+`EncoderUnavailable` at the end. Torch-free.
 """
 
 from __future__ import annotations
@@ -397,7 +400,7 @@ class Pipeline:
         try:
             events = self.detector.process(chunk)
         except EncoderUnavailable as err:  # what was encoded before is still scored: a stop, then `err` at the end
-            self.engine_error, self.unencoded = err, self.unencoded + len(chunk)
+            self.engine_error, self.unencoded = self.engine_error or err, self.unencoded + len(chunk)
             self.stop()
             yield from self._take_engine_events()
             return

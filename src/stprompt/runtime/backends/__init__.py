@@ -4,6 +4,7 @@
 - `ort`         ONNX Runtime (CPU, CUDA, TensorRT execution providers)
 - `trt`         TensorRT 10 / 11 plans; `cuda_memory`: device buffers through cuda-python or pycuda
 - `torch_ref`   the PyTorch reference (CPU fp32 / bf16, CUDA fp16 with windows cut on the GPU)
+- `triton`      the encoder on a Triton Inference Server (gRPC), the heads here on ONNX Runtime
 - `open`        open the backend an engine file's suffix names, with its verified manifest; `parity`
 
 Each library is imported only when its backend is opened: the runtime runs on appliances without torch.

@@ -98,6 +98,7 @@ class TritonBackend(BackendBase):
         self.stats = {"requests": 0, "outages": 0, "reconnects": 0}
         self.role = ""
         self._user_max_batch = max_batch
+        self._failed: EncoderUnavailable | None = None
         self._connect_first()
         providers = resolve_providers(providers, require_ort().get_available_providers()) if providers else [CPU]
         self._heads = OrtHeads(manifest, providers)
@@ -110,11 +111,17 @@ class TritonBackend(BackendBase):
 
     # -- Backend --------------------------------------------------------------------------------------
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
+        if self._failed is not None:  # gave up, or stopped while waiting: later calls (the scale-B windows of the
+            raise self._failed  # snippets still to score) fail at once instead of waiting again
         while True:
             try:
                 return self._infer(images)
             except _Outage as err:
-                self._wait_for_server(str(err))
+                try:
+                    self._wait_for_server(str(err))
+                except EncoderUnavailable as gone:
+                    self._failed = gone
+                    raise
 
     def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
         return self._heads.head(x_clip, x_patch)
@@ -136,6 +143,8 @@ class TritonBackend(BackendBase):
             return
         except _Outage as err:
             reason = str(err)
+        if self.max_attempts == 0:
+            raise EncoderUnavailable(f"Triton {self.url} unreachable: {reason}", gave_up=True)
         inform(f"waiting for the Triton server at {self.url}: {reason}")
         self._retry(reason, first=True)
 
