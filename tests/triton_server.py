@@ -39,7 +39,8 @@ class TritonPythonModel:
         self.output = config["output"][0]["name"]
         here = Path(args["model_repository"]) / args["model_version"]
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
+        threads = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value", "1")
+        options.intra_op_num_threads = int(threads)  # as the ONNX Runtime backend's parameter of that name
         self.session = ort.InferenceSession(str(here / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
@@ -84,9 +85,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def python_backend_repository(generated: Path, out: Path) -> Path:
+def python_backend_repository(generated: Path, out: Path, threads: int = 1) -> Path:
     """A copy of a stp-triton repository whose encoder model is the Python-backend one (same name, tensors,
-    batching, parameters), on the CPU; the other models are left out (their backend is not in the wheel)."""
+    batching, parameters), on the CPU with `threads` ONNX Runtime threads per instance; the other models are left
+    out (their backend is not in the wheel)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -102,6 +104,7 @@ def python_backend_repository(generated: Path, out: Path) -> Path:
         config.ClearField("optimization")
         for group in config.instance_group:
             group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        config.parameters["intra_op_thread_count"].string_value = str(threads)
         version = out / model.name / "1"
         version.mkdir(parents=True)
         (out / model.name / "config.pbtxt").write_text(text_format.MessageToString(config))

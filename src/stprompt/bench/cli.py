@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a maximum N (1,2,4..N); each stream is a thread with its own gRPC client")  # fmt: skip
     t.add_argument("--duration", type=float, default=10.0, help="with --triton: timed seconds per level (after "
                    "--warmup untimed calls per stream)")  # fmt: skip
+    t.add_argument("--triton-timeout", type=float, default=30.0, metavar="S", help="with --triton: deadline of "
+                   "one encoder request, seconds (as stp-run's; raise it for slow CPU servers)")  # fmt: skip
     t.add_argument("--fps", type=float, default=25.0, help="with --triton: camera frame rate for the estimate (one "
                    "sampled frame every bundle stride frames)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

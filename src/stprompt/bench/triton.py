@@ -273,13 +273,14 @@ def estimate(levels: list[dict[str, Any]], crops: int, fps: float, stride: int) 
     }  # fmt: skip
 
 
-def open_streams(engine: Path, url: str, n: int, stop: threading.Event, log: Callable[[str], None]) -> tuple:
+def open_streams(engine: Path, url: str, n: int, stop: threading.Event, log: Callable[[str], None],
+                 timeout_s: float = 30.0) -> tuple:  # fmt: skip
     """n TritonBackends on the server (the first through open_backend, which checks the bundle and the served
     config; the rest share its verified manifest), each its own gRPC client, none waiting for an outage."""
     from ..runtime.backends import open_backend
     from ..runtime.backends.triton import TritonBackend
 
-    options = {"reconnect": 0}
+    options = {"reconnect": 0, "timeout_s": timeout_s}
     events: list[dict[str, Any]] = []
     backends: list = []
     try:
@@ -304,8 +305,9 @@ def bench(args, engine: Path, manifest_path: Path, log: Callable[[str], None]) -
     from .machine import machine_stamp, usable_cores
 
     levels = parse_streams(args.streams)
-    if not args.duration > 0 or not args.fps > 0:
-        raise UserError(f"--duration and --fps must be > 0, got {args.duration:g} and {args.fps:g}")
+    if not args.duration > 0 or not args.fps > 0 or not args.triton_timeout > 0:
+        raise UserError(f"--duration, --fps and --triton-timeout must be > 0, got {args.duration:g}, {args.fps:g} "
+                        f"and {args.triton_timeout:g}")  # fmt: skip
     address, model = parse_triton_url(args.triton)
     url = f"grpc://{address}/{model}"
     probe = ServerProbe(address, model, url)
@@ -315,7 +317,7 @@ def bench(args, engine: Path, manifest_path: Path, log: Callable[[str], None]) -
         server = probe.metadata()  # unreachable: one line, before any client waits
         probe.ready()
         server.update(url=url, address=address, model=model)
-        backends, manifest, events = open_streams(engine, args.triton, max(levels), stop, log)
+        backends, manifest, events = open_streams(engine, args.triton, max(levels), stop, log, args.triton_timeout)
         server["role"] = backends[0].role
         server["config"] = probe.config()
         pre = manifest.preprocess
@@ -346,7 +348,7 @@ def bench(args, engine: Path, manifest_path: Path, log: Callable[[str], None]) -
     bundle = {"manifest": str(manifest_path), "clip": manifest.clip, "classes": len(manifest.classes),
               "stride": manifest.stride, "engine": str(engine)}  # fmt: skip
     settings = {"streams": levels, "duration_s": args.duration, "warmup": args.warmup, "fps": args.fps,
-                "reconnect": 0}  # fmt: skip
+                "reconnect": 0, "timeout_s": args.triton_timeout}  # fmt: skip
     return {
         "format": "stprompt-bench-triton/1",
         "bundle": bundle,
