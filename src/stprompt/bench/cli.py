@@ -304,16 +304,27 @@ def main(argv: list[str] | None = None) -> int:
                                           log=lambda m: _log(args, m))  # fmt: skip
             engine = None
         else:
-            from ..bundle.membership import bundle_manifest_for
-
-            engine = Path(args.engine)
-            if not engine.is_file():
-                raise UserError(f"engine file not found: {engine}")
-            manifest_path = bundle_manifest_for(engine)
-            if not manifest_path.is_file():
-                raise UserError(f"{engine.name}: bundle manifest {manifest_path} not found beside it")
+            engine, manifest_path = _engine_and_manifest(args.engine)
         result = _bench(args, manifest_path, engine, work)
-    print(render(result))
+    return _report(args, render(result), result)
+
+
+def _engine_and_manifest(engine_arg: str) -> tuple[Path, Path]:
+    """--engine's file and the bundle manifest beside it, or one line saying which is missing."""
+    from ..bundle.membership import bundle_manifest_for
+
+    engine = Path(engine_arg)
+    if not engine.is_file():
+        raise UserError(f"engine file not found: {engine}")
+    manifest_path = bundle_manifest_for(engine)
+    if not manifest_path.is_file():
+        raise UserError(f"{engine.name}: bundle manifest {manifest_path} not found beside it")
+    return engine, manifest_path
+
+
+def _report(args, table: str, result: dict[str, Any]) -> int:
+    """The table on stdout, the whole result in --json (atomically)."""
+    print(table)
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
         _log(args, f"stp-bench: wrote {args.json}")
@@ -322,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _triton(args) -> int:
     """`--triton URL`: the server's capacity for the bundle --engine names (stprompt.bench.triton)."""
-    from ..bundle.membership import bundle_manifest_for
     from . import triton
 
     if args.clip:
@@ -332,18 +342,9 @@ def _triton(args) -> int:
         raise UserError("--backends chooses backends on this machine; with --triton the encoder runs on the server")
     if args.warmup < 0:
         raise UserError("--warmup must be >= 0")
-    engine = Path(args.engine)
-    if not engine.is_file():
-        raise UserError(f"engine file not found: {engine}")
-    manifest_path = bundle_manifest_for(engine)
-    if not manifest_path.is_file():
-        raise UserError(f"{engine.name}: bundle manifest {manifest_path} not found beside it")
+    engine, manifest_path = _engine_and_manifest(args.engine)
     result = triton.bench(args, engine, manifest_path, lambda m: _log(args, m))
-    print(triton.render(result))
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
-        _log(args, f"stp-bench: wrote {args.json}")
-    return 0
+    return _report(args, triton.render(result), result)
 
 
 if __name__ == "__main__":

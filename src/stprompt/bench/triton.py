@@ -404,7 +404,12 @@ def render(result: dict[str, Any]) -> str:
         "(batching), queue and compute ms per request",
         "",
         f"estimate   {e['formula']}",
-        f"           {e['whole_streams']} camera streams at {e['fps']:g} fps (one sampled frame every {e['stride']} "
+        f"           {_whole(e['whole_streams'])} at {e['fps']:g} fps (one sampled frame every {e['stride']} "
         f"frames), best rate at {e['best_at_streams']} client stream(s); assumes {e['assumes']}",
     ]  # fmt: skip
     return "\n".join(out)
+
+
+def _whole(n: int) -> str:
+    """The whole camera streams a server sustains, in words when it is none or one."""
+    return "less than one camera stream" if n < 1 else "1 camera stream" if n == 1 else f"{n} camera streams"

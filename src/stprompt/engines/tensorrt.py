@@ -45,7 +45,8 @@ TRT_MISSING = (
 )
 
 
-def _shapes(profiles: Sequence[InputProfile], which: str) -> str:
+def profile_shapes(profiles: Sequence[InputProfile], which: str) -> str:
+    """`images:1x3x224x224` (which = min, opt or max): trtexec's and ONNX Runtime's TensorRT profile syntax."""
     return ",".join(f"{p.name}:{'x'.join(str(d) for d in getattr(p, which))}" for p in profiles)
 
 
@@ -66,9 +67,9 @@ def trtexec_command(
         f"--onnx={os.fspath(onnx_path)}",
         f"--saveEngine={os.fspath(plan_path)}",
         "--stronglyTyped",
-        f"--minShapes={_shapes(profiles, 'min')}",
-        f"--optShapes={_shapes(profiles, 'opt')}",
-        f"--maxShapes={_shapes(profiles, 'max')}",
+        f"--minShapes={profile_shapes(profiles, 'min')}",
+        f"--optShapes={profile_shapes(profiles, 'opt')}",
+        f"--maxShapes={profile_shapes(profiles, 'max')}",
         f"--memPoolSize=workspace:{max(1, round(workspace_gb * 1024))}M",
         f"--timingCacheFile={os.fspath(timing_cache)}",
     ]

@@ -25,7 +25,7 @@ from ..bundle.engine_keys import BuildSettings, InputProfile, encoder_profiles, 
 from ..bundle.hashing import sha256_file
 from ..bundle.manifest import Manifest, load_manifest
 from ..bundle.serving import ENCODER_MODEL, TensorSpec, encoder_tensors, head_tensors, identity
-from ..engines.tensorrt import trtexec_command
+from ..engines.tensorrt import profile_shapes, trtexec_command
 from ..errors import UserError
 
 # NGC release of the Triton image (and of the TensorRT image that builds plans for it: same yy.mm, same
@@ -146,10 +146,6 @@ def _parameters(params: dict[str, str]) -> list[str]:
     return [f"parameters {{ key: {_q(k)} value: {{ string_value: {_q(v)} }} }}" for k, v in params.items()]
 
 
-def _shapes(profiles: Sequence[InputProfile], which: str) -> str:
-    return ",".join(f"{p.name}:{'x'.join(map(str, getattr(p, which)))}" for p in profiles)
-
-
 def _tensorrt_accelerator(manifest: Manifest, options: RepositoryOptions) -> list[str]:
     """ONNX Runtime's TensorRT execution provider in FP16, one profile over the batch range (no rebuild per new
     batch size), LayerNorm kept in fp32 (ViT LayerNorm overflows in fp16), engines cached across model loads."""
@@ -159,9 +155,9 @@ def _tensorrt_accelerator(manifest: Manifest, options: RepositoryOptions) -> lis
         "precision_mode": "FP16",
         "max_workspace_size_bytes": str(workspace),
         "trt_layer_norm_fp32_fallback": "1",
-        "trt_profile_min_shapes": _shapes(profiles, "min"),
-        "trt_profile_opt_shapes": _shapes(profiles, "opt"),
-        "trt_profile_max_shapes": _shapes(profiles, "max"),
+        "trt_profile_min_shapes": profile_shapes(profiles, "min"),
+        "trt_profile_opt_shapes": profile_shapes(profiles, "opt"),
+        "trt_profile_max_shapes": profile_shapes(profiles, "max"),
         "trt_engine_cache_enable": "1",
         "trt_engine_cache_path": ORT_TRT_CACHE,
     }
