@@ -61,6 +61,17 @@ def repository(tiny_bundle, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def impostor_repository(tiny_bundle, repository, tmp_path_factory) -> Path:
+    """Another export's encoder under this bundle's model name (a server redeployed with another bundle)."""
+    from stprompt.triton.repository import RepositoryOptions, write_repository
+
+    work = tmp_path_factory.mktemp("impostor")
+    other_bundle = repository.parent / "other-bundle" / "model.json"
+    generated = write_repository(other_bundle, work / "generated", RepositoryOptions(precision="fp32"))
+    return python_backend_repository(generated, work / "served")
+
+
+@pytest.fixture(scope="module")
 def server(repository, tmp_path_factory):
     with TritonServer(repository, tmp_path_factory.mktemp("server")) as srv:
         yield srv
@@ -250,17 +261,16 @@ def test_triton_server_gone_for_good_ends_the_run_with_what_was_encoded(reposito
     from stprompt.runtime.backends.triton import TritonBackend
 
     srv = TritonServer(repository, tmp_path).start()
-    original = TritonBackend._infer
+    original = TritonBackend._confirm
     calls: list[int] = []
 
-    def infer_then_kill(self, images):
-        result = original(self, images)
-        calls.append(len(images))
-        if len(calls) == 1:
+    def confirm_then_kill(self):
+        original(self)
+        calls.append(1)
+        if len(calls) == 1:  # the first encoder call answered and confirmed: its embeddings are kept
             srv.kill()
-        return result
 
-    monkeypatch.setattr(TritonBackend, "_infer", infer_then_kill)
+    monkeypatch.setattr(TritonBackend, "_confirm", confirm_then_kill)
     out = tmp_path / "events.jsonl"
     try:
         code = cli.main(["--engine", str(tiny_bundle.with_name("model.onnx")), "--triton", srv.url, "--reconnect",
@@ -273,6 +283,41 @@ def test_triton_server_gone_for_good_ends_the_run_with_what_was_encoded(reposito
     engine = [(e["state"], e["reason"]) for e in events if e["type"] == "engine"]
     assert [s for s, _ in engine] == ["down", "down"] and engine[1][1].startswith("gave up")
     assert len(_frames(events)) == 4  # the first call's 5 sampled frames; the 5th snippet's frames were not all read
+
+
+def test_triton_server_back_with_another_export_ends_the_run(repository, impostor_repository, tiny_bundle, video,
+                                                             tmp_path, capsys, monkeypatch):  # fmt: skip
+    """Restarted between two encoder calls serving another export under the same model name: the answer to the
+    next call is not used (the config is confirmed after every call), the snippets encoded before are scored and
+    written, exit 1 with one line."""
+    from stprompt.runtime import cli
+    from stprompt.runtime.backends.triton import TritonBackend
+
+    srv = TritonServer(repository, tmp_path).start()
+    original = TritonBackend._confirm
+    calls: list[int] = []
+
+    def confirm_then_redeploy(self):
+        original(self)
+        calls.append(1)
+        if len(calls) == 1:  # between two encoder calls, quicker than any retry: gRPC reconnects by itself
+            srv.kill()
+            srv.repository = impostor_repository
+            srv.start()
+
+    monkeypatch.setattr(TritonBackend, "_confirm", confirm_then_redeploy)
+    out = tmp_path / "events.jsonl"
+    try:
+        code = cli.main(["--engine", str(tiny_bundle.with_name("model.onnx")), "--triton", srv.url, str(video),
+                         "--events", str(out), "--quiet"])  # fmt: skip
+    finally:
+        srv.kill()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "another export" in err[-1] and err[-1].startswith("stp-run: error: Triton grpc://")
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    engine = [(e["state"], e["reason"]) for e in events if e["type"] == "engine"]
+    assert [s for s, _ in engine] == ["down"] and engine[0][1].startswith("refused: ")
+    assert len(_frames(events)) == 4  # what the first call encoded is scored (the 5th snippet was unfinished)
 
 
 def test_triton_needs_the_bundle_named_by_its_onnx(tiny_bundle):

@@ -4,9 +4,10 @@ Appliances and thin clients decode, cut windows, gate and run the tiny head; Tri
 them and batches their requests together (dynamic batching). Each encoder call is cut into requests of one
 sampled frame's crops, several in flight, each with a deadline.
 
-Before the first frame, and again after every reconnect, the model config the server reports is checked against
-the local bundle (`bundle.serving`: tensor names, types, dims, the hosted graph's sha256): a server hosting
-another export is refused with one line, never used. A server that is unreachable or restarting is an outage, as
+Before the first frame and after every reconnect, the model config the server reports is checked against the
+local bundle (`bundle.serving`: tensor names, types, dims, the hosted graph's sha256), and after every encoder
+call it is confirmed unchanged (gRPC reconnects by itself, so a quick restart would go unseen): a server hosting
+another export is refused with one line, never used; mid-run that ends the run as a give-up does. A server that is unreachable or restarting is an outage, as
 a camera going down is: an `engine` event (`down`, then `up`), retries with the live sources' backoff (forever by
 default, or `reconnect` attempts), and the call waits: files wait, live sources keep decoding and drop the
 frames the pipeline cannot take meanwhile (counted as ever). A stop during an outage raises `EncoderUnavailable`.
@@ -99,6 +100,7 @@ class TritonBackend(BackendBase):
         self.role = ""
         self._user_max_batch = max_batch
         self._failed: EncoderUnavailable | None = None
+        self._config: dict[str, Any] = {}  # the served model config checked last
         self._connect_first()
         providers = resolve_providers(providers, require_ort().get_available_providers()) if providers else [CPU]
         self._heads = OrtHeads(manifest, providers)
@@ -113,15 +115,21 @@ class TritonBackend(BackendBase):
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         if self._failed is not None:  # gave up, or stopped while waiting: later calls (the scale-B windows of the
             raise self._failed  # snippets still to score) fail at once instead of waiting again
-        while True:
-            try:
-                return self._infer(images)
-            except _Outage as err:
+        try:
+            while True:
                 try:
+                    out = self._infer(images)
+                    self._confirm()
+                    return out
+                except _Outage as err:
                     self._wait_for_server(str(err))
-                except EncoderUnavailable as gone:
-                    self._failed = gone
-                    raise
+        except EncoderUnavailable as gone:
+            self._failed = gone
+            raise
+        except UserError as err:  # reachable, but serving something else now: end the run as a give-up does
+            self._event("down", f"refused: {err}")
+            self._failed = EncoderUnavailable(str(err), gave_up=True)
+            raise self._failed from None
 
     def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
         return self._heads.head(x_clip, x_patch)
@@ -163,15 +171,34 @@ class TritonBackend(BackendBase):
                     raise UserError(f"Triton {self.url}: the server is ready but has no model {self.model!r} "
                                     f"ready ({self._model_names()})")  # fmt: skip
                 raise _Outage(f"model {self.model} not ready (server starting?)")
-            config = self._client.get_model_config(self.model, as_json=True, client_timeout=CHECK_TIMEOUT_S)
+            config = self._served_config()
         except grpc.InferenceServerException as err:
             raise _Outage(_reason(err)) from None
-        config = config.get("config", config)
+        self._check(config)
+
+    def _served_config(self) -> dict[str, Any]:
+        config = self._client.get_model_config(self.model, as_json=True, client_timeout=CHECK_TIMEOUT_S)
+        return config.get("config", config)
+
+    def _confirm(self) -> None:
+        """After every encoder call: the server still hosts the config checked last. gRPC reconnects on its own,
+        so a server restarted between two calls with another export behind the same name would otherwise answer
+        unnoticed; one small call per encoder call (the embeddings just received are discarded on a change)."""
+        try:
+            config = self._served_config()
+        except self._grpc.InferenceServerException as err:
+            raise _Outage(_reason(err)) from None
+        if config != self._config:
+            self._check(config)
+
+    def _check(self, config: dict[str, Any]) -> None:
+        """Refuse (UserError) a model config that is not this bundle's encoder; else adopt it."""
         problems = served_encoder_problems(config, self.manifest)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise UserError(f"Triton {self.url} does not serve this bundle's encoder ({self.manifest.path.name}): "
                             f"{problems[0]}{more}")  # fmt: skip
+        self._config = config
         self.role = served_role(config) or ""
         served = int(config.get("max_batch_size", 0))
         self.max_batch = min(served, self._user_max_batch) if self._user_max_batch else served
