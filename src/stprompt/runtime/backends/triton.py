@@ -7,9 +7,10 @@ sampled frame's crops, several in flight, each with a deadline.
 Before the first frame and after every reconnect, the model config the server reports is checked against the
 local bundle (`bundle.serving`: tensor names, types, dims, the hosted graph's sha256), and after every encoder
 call it is confirmed unchanged (gRPC reconnects by itself, so a quick restart would go unseen): a server hosting
-another export is refused with one line, never used; mid-run that ends the run as a give-up does. A server that is unreachable or restarting is an outage, as
-a camera going down is: an `engine` event (`down`, then `up`), retries with the live sources' backoff (forever by
-default, or `reconnect` attempts), and the call waits: files wait, live sources keep decoding and drop the
+another export is refused with one line, never used; mid-run that ends the run as a give-up does. A server that
+is unreachable or restarting is an outage, as a camera going down is: an `engine` event (`down`, then `up`),
+retries with the live sources' backoff (forever by default, or `reconnect` attempts), and the call waits: files
+wait, live sources keep decoding and drop the
 frames the pipeline cannot take meanwhile (counted as ever). A stop during an outage raises `EncoderUnavailable`.
 """
 
