@@ -10,8 +10,8 @@ call it is confirmed unchanged (gRPC reconnects by itself, so a quick restart wo
 another export is refused with one line, never used; mid-run that ends the run as a give-up does. A server that
 is unreachable or restarting is an outage, as a camera going down is: an `engine` event (`down`, then `up`),
 retries with the live sources' backoff (forever by default, or `reconnect` attempts), and the call waits: files
-wait, live sources keep decoding and drop the
-frames the pipeline cannot take meanwhile (counted as ever). A stop during an outage raises `EncoderUnavailable`.
+wait, live sources keep decoding and drop the frames the pipeline cannot take meanwhile (counted as ever). A stop
+during an outage raises `EncoderUnavailable`.
 """
 
 from __future__ import annotations
