@@ -56,6 +56,19 @@ def to_frame(map224: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(map224, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
 
 
+def flagged(scores, threshold: float) -> np.ndarray:
+    """Which snippets get a heat map and boxes: those scoring at or above the alarm threshold.
+
+    SPEC.md localizes flagged frames only; stp-eval (`--alarm-threshold`) and stp-run (`--alarm-on`) both ask
+    this function, so the boxes an appliance sends are the boxes stp-eval's TIoU measures. The hysteresis tail
+    of a runtime alarm (still on, score between alarm-off and alarm-on) is not flagged: it keeps its events but
+    gets no boxes, since the model no longer calls that snippet abnormal and 16 more encoder passes per tail
+    snippet would buy boxes no offline metric vouches for. stp-run boxes only inside an alarm, so with
+    `--alarm-min N` the N-1 flagged snippets before a start, which raise no event, have no boxes there.
+    """
+    return np.asarray(scores) >= threshold
+
+
 @dataclass
 class LocalizeSettings:
     tau_loc: float = TAU_LOC

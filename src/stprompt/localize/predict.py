@@ -1,4 +1,4 @@
-"""Boxes for every alarmed snippet of a feature-store video, and the dataset TIoU (stp-eval --localize)."""
+"""Boxes for every flagged snippet of a feature-store video, and the dataset TIoU (stp-eval --localize)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import UserError
 from ..kernels.boxes import extract_boxes
 from ..metrics import snippet_to_frames, tiou_terms
-from .heat import LocalizeSettings, frame_heat
+from .heat import LocalizeSettings, flagged, frame_heat
 from .queries import EncodedQueries
 
 
@@ -32,13 +32,13 @@ def localize_snippets(
     settings: LocalizeSettings,
     alarm_threshold: float,
 ) -> VideoBoxes:
-    """Heat maps and boxes for the snippets whose score passes the alarm threshold."""
+    """Boxes for the flagged snippets (`heat.flagged`: score >= the alarm threshold, the rule stp-run uses)."""
     if "x_patch_b" not in arrays:
         raise UserError("features have no scale-B windows; extract them with stp-extract --scale-b")
     width, height = size
     min_area = min_area_pixels(settings, width, height)
     out: dict[int, np.ndarray] = {}
-    for k in np.flatnonzero(scores >= alarm_threshold):
+    for k in np.flatnonzero(flagged(scores, alarm_threshold)):
         heat = frame_heat(
             arrays["x_patch"][k], arrays["x_patch_b"][k], queries.embeddings, queries.abnormal, width, height, settings
         )

@@ -18,7 +18,8 @@ Or let stp-run's own pipeline read the sources (URIs, as stp-run takes them) and
             handle(event)
 
 Events are `{"type": "frame", "source", "frame", "time", "score", "score_c", "class", "probs"}` per snippet
-and `{"type": "alarm", "state": "start" | "ongoing" | "end", ..., "boxes": [[x1, y1, x2, y2, score], ...]}`;
+and `{"type": "alarm", "state": "start" | "ongoing" | "end", ..., "boxes": [[x1, y1, x2, y2, score], ...]}` (boxes on
+flagged snippets, score >= alarm-on, as stp-eval's; a tail snippet's `[]` comes with a `localization` note);
 a pipeline's live sources add `{"type": "source", "source", "state": "down" | "up", "reason", "time"}` per state
 change (they reconnect forever by default: `reconnect=N` gives up after N attempts, 0 never reconnects), and a
 Triton encoder (`triton=`) `{"type": "engine", "engine", "state": "down" | "up", "reason", "time"}`.

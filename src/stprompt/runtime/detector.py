@@ -3,7 +3,8 @@
 sample one frame in `stride` -> resize + scale-A windows (`stprompt.windows`, the code stp-extract runs) ->
 one batched encoder call for the sampled frames of all streams -> SA2 kernel -> per-stream ring buffer ->
 head -> frame events
--> alarms (hysteresis) -> on alarm: scale-B windows, heat map, boxes -> alarm events.
+-> alarms (hysteresis) -> alarm events; a flagged snippet (score >= alarm-on, `localize.heat.flagged`, the rule
+stp-eval boxes by) also gets scale-B windows, heat map and boxes.
 
 A snippet enters the head only once its `stride` frames have all been seen, as offline (the tail shorter
 than `stride` is dropped at the end of a stream), so streamed scores with exact lookahead equal stp-eval's.
@@ -23,7 +24,7 @@ from ..bundle.manifest import Thresholds
 from ..errors import UserError, first_line
 from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
-from ..localize.heat import LocalizeSettings, frame_heat
+from ..localize.heat import LocalizeSettings, flagged, frame_heat
 from .backends.base import EncoderUnavailable
 from .frames import Frame
 from .gating import REFRESH_DEFAULT, WindowGate
@@ -74,7 +75,7 @@ class StreamState:
 
 @dataclass
 class Snippet:
-    """A scored snippet, handed to sinks: its frame event, and when alarmed its heat map and boxes."""
+    """A scored snippet, handed to sinks: its frame event, and when flagged during an alarm its heat map and boxes."""
 
     source: str
     event: dict[str, Any]
@@ -264,12 +265,7 @@ class Detector:
             alarm_event = self._update_alarm(sid, state, r, s, event)
             if alarm_event is not None:
                 if alarm_event["state"] != "end":
-                    try:
-                        snippet.heat, snippet.boxes = self._locate(s)
-                        alarm_event["boxes"] = np.round(snippet.boxes, 2).tolist()
-                    except EncoderUnavailable as err:  # a remote encoder gone for good: the score stands, no boxes
-                        alarm_event["boxes"] = []
-                        alarm_event["localization"] = f"skipped: {first_line(err)}"
+                    self._add_boxes(alarm_event, snippet, s, r.score)
                 events.append(alarm_event)
             if self.on_snippet is not None:
                 self.on_snippet(snippet)
@@ -288,6 +284,23 @@ class Detector:
             self.stats["alarms"] += 1
             return {**base, "state": "start", "class": self._anomaly_class(r.probs)}
         return None
+
+    def _add_boxes(self, alarm_event: dict[str, Any], snippet: Snippet, s: Sampled, score: float) -> None:
+        """Boxes on a start / ongoing event iff its snippet is flagged, so they equal stp-eval's for that snippet.
+
+        Otherwise (hysteresis tail, or a remote encoder gone for good) the event still goes out, with
+        `"boxes": []` and a `"localization"` note, so "no region found" (boxes [] without a note) stays distinct.
+        """
+        if not flagged(score, self.alarm.on):
+            alarm_event["boxes"] = []
+            alarm_event["localization"] = f"skipped: score below alarm-on ({self.alarm.on:g})"
+            return
+        try:
+            snippet.heat, snippet.boxes = self._locate(s)
+            alarm_event["boxes"] = np.round(snippet.boxes, 2).tolist()
+        except EncoderUnavailable as err:  # a remote encoder gone for good: the score stands, no boxes
+            alarm_event["boxes"] = []
+            alarm_event["localization"] = f"skipped: {first_line(err)}"
 
     def _alarm_end(self, sid: str, state: StreamState, events: list[dict]) -> dict[str, Any]:
         last = next((e for e in reversed(events) if e["type"] == "frame"), None)
