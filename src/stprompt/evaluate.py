@@ -197,6 +197,18 @@ def load_queries(args: argparse.Namespace, ckpt):
     return encode_bank(clip.model, bank, ckpt.classes)
 
 
+def no_tiou_reason(preds: list[VideoPrediction], split: str) -> str:
+    """Why a localization run has no TIoU terms, said on stderr and kept in the JSON beside `"tiou": null`: an
+    import without boxes is the usual cause, and a bare null does not tell it from a model that localizes nothing."""
+    n_gt = sum(len(b) for p in preds for b in p.video.boxes.values())
+    if n_gt:
+        return (f"the {n_gt} ground-truth boxes of the {split} videos all lie on frames past their last scored "
+                "snippet")  # fmt: skip
+    return (f"none of the {len(preds)} {split} videos has ground-truth boxes; import them before stp-extract, which "
+            "copies the annotations into the feature folder (stp-import ucf-crime ROOT --boxes Test_annotation.pkl; "
+            "shanghaitech and ubnormal read their own masks)")  # fmt: skip
+
+
 def run_localization(args: argparse.Namespace, ckpt, store: FeatureStore, preds: list[VideoPrediction]):
     """Boxes for alarmed snippets of every video; TIoU over every ground-truth box frame."""
     from .localize.predict import localize_snippets, video_tiou_terms
@@ -218,11 +230,15 @@ def run_localization(args: argparse.Namespace, ckpt, store: FeatureStore, preds:
         n_boxes += sum(len(b) for b in vb.boxes.values())
         terms += video_tiou_terms(p.video.boxes, vb, p.scores, store.stride, args.tiou_theta, args.tiou_best)
     n_alarm = sum(len(vb.boxes) for vb in located.values())
+    reason = None if terms else no_tiou_reason(preds, args.split)
+    if reason:
+        warn(f"no TIoU: {reason}")
     return (
         located,
         context,
         {
             "tiou": float(np.mean(terms)) if terms else None,
+            "tiou_reason": reason,
             "tiou_gt_boxes": len(terms),
             "alarm_snippets": n_alarm,
             "boxes_per_alarm_frame": n_boxes / n_alarm if n_alarm else 0.0,

@@ -32,10 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--boxes",
-        metavar="DIR",
+        metavar="PATH",
         type=Path,
         default=None,
-        help="ucf-crime only: folder of Liu & Ma spatial boxes, <VideoStem>.txt with 'frame x1 y1 x2 y2' lines",
+        help="ucf-crime only: the test videos' boxes (TIoU's ground truth): Liu & Ma's Test_annotation.pkl "
+        "(github.com/xuzero/UCFCrime_BoundingBox_Annotation) or a folder holding it, or a folder of "
+        "<VideoStem>.txt files with 'frame x1 y1 x2 y2' lines; shanghaitech and ubnormal read their own "
+        "masks",
     )
     p.add_argument(
         "--fps",
@@ -92,11 +95,30 @@ def main(argv: list[str] | None = None) -> int:
         ann.save(out)
     except OSError as err:
         raise UserError(f"cannot write {out}: {err}") from None
+    print(f"stp-import: wrote {out}: {summary(ann, args.dataset)}", file=sys.stderr)
+    return 0
+
+
+# where each dataset's test boxes come from, named when an import ends without them
+BOX_SOURCES = {
+    "ucf-crime": "pass --boxes Test_annotation.pkl from github.com/xuzero/UCFCrime_BoundingBox_Annotation",
+    "shanghaitech": "they come from testing/test_pixel_mask/<video>.npy",
+    "ubnormal": "they come from the <video>_annotations/<video>_<frame>_gt.png object masks",
+}
+
+
+def summary(ann: Annotations, dataset: str) -> str:
+    """Videos per split and how many anomalous test videos have boxes: without boxes there is no TIoU, which
+    `stp-eval --localize` would otherwise only show as a null."""
     parts = []
     for split in ("train", "test"):
         vids = ann.split(split)
         parts.append(f"{split} {len(vids)} videos ({sum(v.is_anomalous for v in vids)} anomalous)")
-    n_boxed = sum(1 for v in ann.videos if v.boxes)
-    boxed = f", {n_boxed} with boxes" if n_boxed else ""
-    print(f"stp-import: wrote {out}: {'; '.join(parts)}{boxed}", file=sys.stderr)
-    return 0
+    tests = [v for v in ann.split("test") if v.is_anomalous]
+    n_boxed = sum(1 for v in tests if v.boxes)
+    text = "; ".join(parts)
+    if n_boxed:
+        text += f", {n_boxed} with boxes"
+    elif tests:
+        text += f", none with boxes, so stp-eval --localize reports no TIoU ({BOX_SOURCES[dataset]})"
+    return text

@@ -1,7 +1,9 @@
 """Dataset importers: public benchmark layouts -> `Annotations` (annotations.json).
 
 Each importer reads only list and annotation files (it never decodes a video), so importing a
-full benchmark takes seconds. Video paths come out relative to the dataset root, so
+full benchmark takes seconds; the exceptions are the mask files boxes come from (ShanghaiTech's
+pixel masks, UBnormal's one PNG per abnormal test frame: minutes on a few cores). A pickled
+annotation file is read without running code (`_DataUnpickler`). Video paths come out relative to the dataset root, so
 `ann.save(root / "annotations.json")` gives a self-contained dataset folder. Frame ranges are
 native, 0-based, end exclusive (DESIGN.md), whatever convention the source uses.
 
@@ -11,10 +13,14 @@ file (and line); warnings (skipped videos, unused box files) go to stderr as one
 
 from __future__ import annotations
 
+import codecs
+import collections
 import os
+import pickle
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -50,6 +56,11 @@ SH_ANOMALOUS_TRAIN = "anomalous_train.txt"
 SH_FRAME_MASKS = "test_frame_mask"
 SH_PIXEL_MASKS = "test_pixel_mask"
 SH_VIDEO_SUFFIXES = (".avi", ".mp4")
+LIU_MA_TEST = "Test_annotation.pkl"  # github.com/xuzero/UCFCrime_BoundingBox_Annotation
+LIU_MA_REPO = "xuzero/UCFCrime_BoundingBox_Annotation"
+# UBnormal's split lists (github.com/lilygeorgescu/UBnormal, scripts/): the training lists say "training";
+# "train" is accepted as well for lists renamed by hand
+UB_PART_NAMES = {"train": ("training", "train"), "validation": ("validation",), "test": ("test",)}
 
 _SEARCH_DEPTH = 4  # how deep list files are searched for below the root
 _MAX_NAMED = 5  # names quoted in one warning line
@@ -213,6 +224,75 @@ def _report_missing(missing: list[str], missing_ok: bool, where: str, root: Path
     _warn(f"skipped {len(missing)} listed video(s) not found under {root}: {_names(missing)}")
 
 
+def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """`_codecs.encode` as pickles of numpy arrays use it (their raw bytes as a latin-1 string), and nothing else."""
+    if encoding.replace("_", "-").lower() not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError(f"refused _codecs.encode(..., {encoding!r}, {errors!r})")
+    return codecs.encode(text, "latin1")
+
+
+def _pickle_globals() -> dict[tuple[str, str], object]:
+    """The only callables a data pickle may name: numpy's array / dtype / scalar rebuilders and plain containers.
+
+    Both spellings of numpy's private modules (`numpy.core` before 2.0, `numpy._core` after) and of the Python 2
+    builtins are listed because annotation pickles come from either era.
+    """
+    array = np.arange(2)
+    allowed: dict[str, object] = {
+        "multiarray._reconstruct": array.__reduce__()[0],
+        "multiarray.scalar": np.float64(0).__reduce__()[0],
+        "numeric._frombuffer": array.__reduce_ex__(5)[0],
+    }
+    table: dict[tuple[str, str], object] = {}
+    for key, obj in allowed.items():
+        module, name = key.split(".")
+        for package in ("numpy.core", "numpy._core"):
+            table[(f"{package}.{module}", name)] = obj
+    table[("numpy", "ndarray")] = np.ndarray
+    table[("numpy", "dtype")] = np.dtype
+    table[("_codecs", "encode")] = _latin1_encode
+    table[("collections", "OrderedDict")] = collections.OrderedDict
+    for builtins in ("builtins", "__builtin__"):
+        for name, obj in (("set", set), ("frozenset", frozenset), ("complex", complex)):
+            table[(builtins, name)] = obj
+    return table
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickler that builds only containers, numbers, strings and numpy arrays.
+
+    A pickle can call any importable function while it loads, and annotation files come from the internet, so
+    every global outside `_pickle_globals` is refused instead of imported.
+    """
+
+    _allowed: dict[tuple[str, str], object] | None = None
+
+    def find_class(self, module: str, name: str) -> object:
+        if _DataUnpickler._allowed is None:
+            _DataUnpickler._allowed = _pickle_globals()
+        obj = _DataUnpickler._allowed.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return obj
+
+
+def _read_data_pickle(path: Path) -> object:
+    """The data in a pickle file, through `_DataUnpickler`; anything else in it is a UserError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return _DataUnpickler(fh, encoding="latin1").load()  # latin1: Python 2 pickles' byte strings
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    except pickle.UnpicklingError as err:
+        if str(err).startswith("refused"):
+            raise UserError(
+                f"{path}: {err}: only containers, numbers, strings and numpy arrays are read from a pickle"
+            ) from None
+        raise UserError(f"{path} is not a readable pickle: {err}") from None
+    except Exception as err:  # a damaged stream raises anything from EOFError to TypeError
+        raise UserError(f"{path} is not a readable pickle: {type(err).__name__}: {err}") from None
+
+
 # ----------------------------------------------------------------------------- UCF-Crime
 
 
@@ -304,12 +384,18 @@ def import_ucf_crime(
     `Name.mp4 Class start1 end1 start2 end2` with -1 for absent; the original ranges are inclusive
     frame numbers, so they become `(start, end + 1)`. Every anomalous test video must have a line.
 
-    `boxes_dir` (optional) holds the spatial boxes of Liu & Ma, "Exploring Background-bias for
-    Anomaly Detection in Surveillance Videos" (ACM MM 2019) in their commonly re-distributed form:
-    one text file per anomalous test video, `<VideoStem>.txt` (e.g. `Arrest039_x264.txt`, the
-    `_x264` suffix optional), one box per line `frame x1 y1 x2 y2` (whitespace or commas, pixels,
-    0-based native frame). A line that does not parse is an error naming file and line; box files
-    that match no anomalous test video are reported in one warning.
+    `boxes_dir` (optional) gives the spatial boxes of the anomalous test videos:
+
+    - Liu & Ma, "Exploring Background-bias for Anomaly Detection in Surveillance Videos" (ACM MM
+      2019): their `Test_annotation.pkl` (github.com/xuzero/UCFCrime_BoundingBox_Annotation), or a
+      folder holding it (a clone of that repository). See `_read_liu_ma` for its layout.
+    - a folder of text files, one per video, `<VideoStem>.txt` (e.g. `Arrest039_x264.txt`, the
+      `_x264` suffix optional), one box per line `frame x1 y1 x2 y2` (whitespace or commas, pixels,
+      0-based native frame): boxes drawn by hand or converted from elsewhere.
+
+    A malformed entry is an error naming file and entry (or line); entries that match no anomalous
+    test video are reported in one warning, and a file that matches none of them is an error; boxes
+    on frames outside their video's temporal annotation are reported in one warning.
     """
     base = _dataset_root(root)
     train_list = _require(base, UCF_TRAIN_LIST, "UCF-Crime training list")
@@ -350,23 +436,107 @@ def import_ucf_crime(
     return Annotations(classes=[NORMAL, *UCF_CRIME_CLASSES], fps=float(fps), videos=videos, root=base)
 
 
-def _attach_ucf_boxes(videos: list[Video], boxes_dir: Path) -> None:
-    if not boxes_dir.is_dir():
-        raise UserError(f"boxes folder {boxes_dir} is not a folder")
-    files = {Path(rel).stem: boxes_dir / rel for rel in _flatten(_index_files(boxes_dir, (".txt",)))}
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
+def _image_frame(image: str) -> int | None:
+    """Frame number of an extracted frame image, the digits that end its stem (`.../image_0861.jpg` -> 861)."""
+    stem = image.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    m = re.search(r"(\d+)$", stem)
+    return int(m.group(1)) if m else None
+
+
+def _read_liu_ma(path: Path) -> dict[str, dict[int, list[list[float]]]]:
+    """Video stem -> {frame: boxes} from Liu & Ma's `Test_annotation.pkl` (or `Train_annotation.pkl`).
+
+    The real file (xuzero/UCFCrime_BoundingBox_Annotation, a Python 2 protocol-0 pickle, read here without
+    running code) is a dict `{"Arrest001_x264": [[image, x1, y1, x2, y2], ...], ...}`: one key per anomalous
+    test video (140), one entry per annotated frame, `image` the path of the frame image they extracted
+    (`/home3/lk/surveillance_images/Anomaly_Test/Arrest/Arrest001_x264/image_1200.jpg`), integer corners in
+    the 320 x 240 pixels of the UCF-Crime videos. The image number is in the numbering of the temporal
+    annotation file (every box of the real file lies inside its video's inclusive temporal range, most at
+    start + 15 + 16k, i.e. the last frame of each 16-frame clip), so it is used as the frame as-is, like the
+    temporal annotation's numbers. Only the file name's digits are read: the folders are the authors' disk.
+    """
+    doc = _read_data_pickle(path)
+    layout = "{video: [[image path, x1, y1, x2, y2], ...]}"
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected Liu & Ma's box layout {layout}, got a {type(doc).__name__}")
+    out: dict[str, dict[int, list[list[float]]]] = {}
+    for key, entries in doc.items():
+        if not isinstance(key, str) or not isinstance(entries, list | tuple):
+            raise UserError(f"{path}: expected Liu & Ma's box layout {layout}, got the entry {key!r:.60}")
+        boxes: dict[int, list[list[float]]] = {}
+        for i, entry in enumerate(entries):
+            where = f"{path}: {key}[{i}]"
+            if (
+                not isinstance(entry, list | tuple | np.ndarray)
+                or len(entry) != 5
+                or not isinstance(entry[0], str)
+                or not all(_is_number(v) for v in entry[1:])
+            ):
+                raise UserError(f"{where}: expected [image path, x1, y1, x2, y2], got {entry!r:.120}")
+            frame = _image_frame(entry[0])
+            if frame is None:
+                raise UserError(f"{where}: no frame number at the end of the image name {entry[0]!r}")
+            x1, y1, x2, y2 = (float(v) for v in entry[1:])
+            if not (x1 < x2 and y1 < y2):
+                raise UserError(f"{where}: box needs x1 < x2 and y1 < y2, got {[x1, y1, x2, y2]}")
+            boxes.setdefault(frame, []).append([x1, y1, x2, y2])
+        name = key.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".mp4")
+        out[name] = boxes
+    return out
+
+
+def _ucf_box_source(path: Path) -> tuple[Path, list[str], Callable[[str], dict[int, list[list[float]]]]]:
+    """(the file or folder read, its video keys, key -> boxes) for `--boxes PATH`."""
+    if path.is_file():
+        table = _read_liu_ma(path)
+        return path, list(table), table.__getitem__
+    if not path.is_dir():
+        raise UserError(f"boxes {path} is neither Liu & Ma's {LIU_MA_TEST} nor a folder of box files")
+    pkl = _find(path, LIU_MA_TEST, max_depth=1)
+    if pkl is not None:
+        table = _read_liu_ma(pkl)
+        return pkl, list(table), table.__getitem__
+    files = {Path(rel).stem: path / rel for rel in _flatten(_index_files(path, (".txt",)))}
+    if not files:
+        raise UserError(
+            f"boxes folder {path} holds neither {LIU_MA_TEST} (github.com/{LIU_MA_REPO}) nor <VideoStem>.txt box files"
+        )
+    return path, list(files), lambda key: _read_box_file(files[key])
+
+
+def _attach_ucf_boxes(videos: list[Video], boxes_path: Path) -> None:
+    """Give each anomalous test video its boxes from `boxes_path` (see `import_ucf_crime`)."""
+    source, keys, read = _ucf_box_source(boxes_path)
+    available = set(keys)
     used: set[str] = set()
-    for v in videos:
-        if v.split != "test" or not v.is_anomalous:
-            continue
+    outside: list[str] = []
+    wanted = [v for v in videos if v.split == "test" and v.is_anomalous]
+    for v in wanted:
         stem = Path(v.path).stem
         for key in (stem, stem.removesuffix("_x264")):
-            if key in files:
-                v.boxes = _read_box_file(files[key])
+            if key in available:
+                v.boxes = read(key)
                 used.add(key)
+                if v.anomalies and any(not any(s <= f < e for s, e in v.anomalies) for f in v.boxes):
+                    outside.append(stem)
                 break
-    unused = sorted(set(files) - used)
+    if keys and not used and wanted:
+        hint = f" (Liu & Ma's test boxes are {LIU_MA_TEST})" if source.suffix == ".pkl" else ""
+        raise UserError(
+            f"none of the {len(keys)} videos in {source} is one of the {len(wanted)} anomalous test videos{hint}"
+        )
+    unused = sorted(available - used)
     if unused:
-        _warn(f"{len(unused)} box file(s) in {boxes_dir} match no anomalous test video: {_names(unused)}")
+        _warn(f"{len(unused)} box entries in {source} match no anomalous test video: {_names(unused)}")
+    if outside:
+        _warn(
+            f"{len(outside)} video(s) have boxes on frames outside their temporal annotation (frame numbering?): "
+            f"{_names(outside)}"
+        )
 
 
 def _flatten(index: dict[str, list[str]]) -> list[str]:
@@ -434,24 +604,45 @@ def _load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
         raise UserError(f"cannot read {path} as a .npy array: {err}") from None
 
 
-def _mask_boxes(path: Path) -> dict[int, list[list[float]]]:
+def _blob_boxes(mask: np.ndarray) -> list[list[float]]:
+    """[x, y, x + w, y + h] of each 8-connected blob of a 2-D boolean mask, in pixel edges.
+
+    The labelling runs on the crop around the mask's pixels: on a full 720p frame it costs about 17 ms, on the
+    crop around a person well under one, and the datasets have tens of thousands of annotated frames.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return []
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, x0 = int(rows[0]), int(cols[0])
+    crop = mask[y0 : int(rows[-1]) + 1, x0 : int(cols[-1]) + 1].astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+    blobs = stats[1:count, :4].tolist()
+    return [[float(x0 + x), float(y0 + y), float(x0 + x + w), float(y0 + y + h)] for x, y, w, h in blobs]
+
+
+def _mask_boxes(path: Path, n_frames: int | None = None) -> dict[int, list[list[float]]]:
     """Per-frame boxes of the connected components (8-connected) of a T x H x W pixel mask.
 
-    Boxes are pixel edges [x, y, x + w, y + h], so a one-pixel blob has a non-empty box.
+    The real `testing/test_pixel_mask/<video>.npy` of ShanghaiTech Campus is one 0/1 array per test video,
+    frames first (T x 480 x 856, T = the video's frame count, as its `test_frame_mask/<video>.npy`; e.g. anomalib's
+    ShanghaiTech loader indexes it along axis 0 by frame). `n_frames` is the frame mask's length: an array whose
+    first axis differs is in another layout (H x W x T, a crop) and is refused rather than read as boxes on the
+    wrong frames. Boxes are pixel edges [x, y, x + w, y + h], so a one-pixel blob has a non-empty box.
     """
     masks = _load_npy(path, mmap=True)
     if masks.ndim != 3:
         raise UserError(f"{path}: pixel mask must be T x H x W, got shape {tuple(masks.shape)}")
+    if n_frames is not None and masks.shape[0] != n_frames:
+        raise UserError(
+            f"{path}: pixel mask has shape {tuple(masks.shape)} but the frame mask has {n_frames} frames "
+            "(expected T x H x W with T the video's frame count)"
+        )
     boxes: dict[int, list[list[float]]] = {}
     for t in range(masks.shape[0]):
-        frame = np.asarray(masks[t]) != 0
-        if not frame.any():
-            continue
-        count, _, stats, _ = cv2.connectedComponentsWithStats(frame.astype(np.uint8), connectivity=8)
-        boxes[t] = [
-            [float(x), float(y), float(x + w), float(y + h)]
-            for x, y, w, h, _area in stats[1:count].tolist()
-        ]
+        found = _blob_boxes(np.asarray(masks[t]) != 0)
+        if found:
+            boxes[t] = found
     return boxes
 
 
@@ -473,8 +664,9 @@ def import_shanghaitech(
     if its frame mask has a one, or (for training videos) its name is in an optional
     `anomalous_train.txt`. A label that contradicts the mask, or an anomalous test video without
     frame ground truth, is an error. Classes are ["normal", "anomaly"] (the dataset names none).
-    Where `test_pixel_mask/<name>.npy` (T x H x W) exists, the boxes of its connected components
-    become the per-frame boxes of anomalous videos.
+    Where `test_pixel_mask/<name>.npy` (T x H x W, the dataset's `testing/test_pixel_mask/`) exists,
+    the boxes of its connected components become the per-frame boxes of anomalous videos: that is
+    the ground truth of TIoU, so the import summary says how many anomalous test videos have boxes.
     """
     base = _dataset_root(root)
     train_list = _require(base, SH_TRAIN_LIST, "ShanghaiTech weak-split training list")
@@ -496,11 +688,13 @@ def import_shanghaitech(
                 continue
             mask_path = frame_dir / f"{name}.npy" if frame_dir is not None else None
             ranges: list[tuple[int, int]] = []
+            n_frames: int | None = None
             if mask_path is not None and mask_path.is_file():
                 mask = _load_npy(mask_path)
                 if mask.ndim != 1:
                     raise UserError(f"{mask_path}: frame mask must be 1-D, got shape {tuple(mask.shape)}")
                 ranges = _runs(mask)
+                n_frames = len(mask)
             where = f"{list_path}:{n}"
             if label is None:
                 anomalous = bool(ranges) or (split == "train" and name in extra)
@@ -521,7 +715,7 @@ def import_shanghaitech(
                 video.anomalies = ranges
                 pix = pixel_dir / f"{name}.npy" if pixel_dir is not None else None
                 if pix is not None and pix.is_file():
-                    video.boxes = _mask_boxes(pix)
+                    video.boxes = _mask_boxes(pix, n_frames)
             videos.append(video)
     _report_missing(missing, missing_ok, f"{train_list.name}/{test_list.name}", base)
     videos = _check_unique(videos)
@@ -531,22 +725,86 @@ def import_shanghaitech(
 # ----------------------------------------------------------------------------- UBnormal
 
 
-def _ub_tracks(path: Path) -> list[tuple[int, int]]:
-    """`object_id, start_frame, end_frame` lines (inclusive) -> merged end-exclusive ranges."""
-    ranges = []
+def _ub_tracks(path: Path) -> list[tuple[int, int, int]]:
+    """`object_id, start_frame, end_frame` lines -> (object id, start, end exclusive); the file's ends are inclusive.
+
+    This is the layout UBnormal's own scripts read (`np.loadtxt(..., delimiter=",")`, so the numbers may be
+    written as floats, `1.000000e+02`).
+    """
+    tracks = []
     for n, line in _read_lines(path):
         fields = [f.strip() for f in line.split(",")]
         where = f"{path}:{n}"
         if len(fields) != 3:
             raise UserError(f"{where}: expected 'object_id, start_frame, end_frame', got {line!r}")
         try:
-            start, end = _int(fields[1]), _int(fields[2])
+            object_id, start, end = (_int(f) for f in fields)
         except ValueError:
-            raise UserError(f"{where}: start and end frames must be whole numbers, got {line!r}") from None
+            raise UserError(f"{where}: object id, start and end frames must be whole numbers, got {line!r}") from None
         if start < 0 or end < start:
             raise UserError(f"{where}: bad frame range {start}..{end} (needs 0 <= start <= end)")
-        ranges.append((start, end + 1))
-    return _merge(ranges)
+        tracks.append((object_id, start, end + 1))
+    return tracks
+
+
+def _ub_list(base: Path, kind: str, part: str) -> Path:
+    """The split list of `kind` (abnormal / normal) and `part`, under its real name or the accepted variant."""
+    names = [f"{kind}_{word}_video_names.txt" for word in UB_PART_NAMES[part]]
+    for name in names:
+        found = _find(base, name)
+        if found is not None:
+            return found
+    also = f" or {', '.join(names[1:])}" if len(names) > 1 else ""
+    raise UserError(
+        f"cannot find {names[0]}{also} (UBnormal split list) under {base} (searched {_SEARCH_DEPTH} folders deep)"
+    )
+
+
+def _ub_frame_boxes(png: Path, ids: list[int]) -> tuple[dict[int, list[float]], bool]:
+    """({object id: box}, whether the mask file exists) for one `<stem>_<frame:04d>_gt.png`.
+
+    Each object's box is the bounding box of its largest 8-connected region (largest by box area), as
+    UBnormal's `scripts/create_tracks_for_tbdc_rbdc.py` takes `cv.boundingRect` of the largest contour;
+    an object with no pixel on that frame has no box.
+    """
+    if not png.is_file():
+        return {}, False
+    img = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)  # the official scripts read the ids as grey levels too
+    if img is None:
+        raise UserError(f"cannot read the object mask {png} as an image")
+    out: dict[int, list[float]] = {}
+    for object_id in ids:
+        blobs = _blob_boxes(img == object_id)
+        if blobs:
+            out[object_id] = max(blobs, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    return out, True
+
+
+def _ub_mask_boxes(folder: Path, stem: str, tracks: list[tuple[int, int, int]]) -> tuple[dict, int, int]:
+    """(per-frame boxes, frames whose mask file is missing, frames looked at) of an abnormal video's tracks.
+
+    UBnormal's `<stem>_annotations/` folder holds one `<stem>_<frame:04d>_gt.png` per frame whose grey level is
+    the object id (0 background); the tracks name the abnormal objects and the frames they are abnormal in, so
+    the boxes are those objects on those frames. Each mask is decoded once, in threads (the decoder releases the
+    GIL), whatever the number of tracks on its frame.
+    """
+    by_frame: dict[int, list[int]] = {}
+    for object_id, start, end in tracks:
+        if object_id <= 0:  # 0 is the background of the masks: no object to box
+            continue
+        for frame in range(start, end):
+            by_frame.setdefault(frame, []).append(object_id)
+    frames = sorted(by_frame)
+    pngs = [folder / f"{stem}_{frame:04d}_gt.png" for frame in frames]
+    boxes: dict[int, list[list[float]]] = {}
+    missing = 0
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(_ub_frame_boxes, pngs, [by_frame[f] for f in frames])
+        for frame, (found, exists) in zip(frames, results, strict=True):
+            missing += not exists
+            if found:
+                boxes[frame] = [found[i] for i in sorted(found)]
+    return boxes, missing, len(frames)
 
 
 def import_ubnormal(
@@ -558,25 +816,28 @@ def import_ubnormal(
 ) -> Annotations:
     """UBnormal (Acsintoae et al., CVPR 2022) with its official video-level split.
 
-    Split lists `{abnormal,normal}_{train,validation,test}_video_names.txt` (one video stem per
-    line; found below root, e.g. in `scripts/`). Train = the train lists, plus the validation lists
-    with `include_validation`; test = the test lists. Videos are `Scene<N>/<stem>.mp4` (any `.mp4`
-    of that stem below root is accepted). An abnormal video's anomalies are the union of the object
-    tracks in `<stem>_annotations/<stem>_tracks.txt` beside the video, lines
-    `object_id, start_frame, end_frame` with inclusive ranges (-> `(start, end + 1)`). The per-frame
-    masks are not read (UBnormal's tracks carry no boxes), so there are no boxes. Classes are
+    The layout is that of the dataset and of github.com/lilygeorgescu/UBnormal (`scripts/`): split lists
+    `{abnormal,normal}_{training,validation,test}_video_names.txt` (one video stem per line; found below root;
+    `_train_` is accepted for `_training_`). Train = the training lists, plus the validation lists with
+    `include_validation`; test = the test lists. Videos are `Scene<N>/<stem>.mp4`, N the stem's third field (any
+    `.mp4` of that stem below root is accepted). An abnormal video's anomalies are the union of the object tracks in
+    `<stem>_annotations/<stem>_tracks.txt` beside the video, lines `object_id, start_frame, end_frame` with
+    inclusive ranges (-> `(start, end + 1)`), as the dataset's `write_frame_level_ground_truth.py` reads them.
+
+    Boxes (the ground truth of TIoU) are read for the abnormal test videos: on each frame of each track, the box
+    of that object in the frame's `<stem>_<frame:04d>_gt.png` object mask (see `_ub_frame_boxes`). A video
+    whose annotation folder has no mask for any of its track frames gets no boxes (the import summary counts the
+    anomalous test videos with boxes); one missing only some masks is named in one warning. Training videos'
+    masks are not read (training is weakly supervised), which keeps the import fast. Classes are
     ["normal", "anomaly"].
     """
     base = _dataset_root(root)
     parts = ["train", "validation", "test"] if include_validation else ["train", "test"]
-    lists = {
-        (kind, part): _require(base, f"{kind}_{part}_video_names.txt", "UBnormal split list")
-        for part in parts
-        for kind in ("abnormal", "normal")
-    }
+    lists = {(kind, part): _ub_list(base, kind, part) for part in parts for kind in ("abnormal", "normal")}
     index: dict[str, list[str]] | None = None
     videos: list[Video] = []
     missing: list[str] = []
+    partial: list[str] = []
     for part in parts:
         split = "test" if part == "test" else "train"
         for kind in ("abnormal", "normal"):
@@ -596,12 +857,22 @@ def import_ubnormal(
                     rel = _pick(candidates, f"{stem}.mp4")
                 video = Video(path=rel, split=split, labels=[ANOMALY if kind == "abnormal" else NORMAL])
                 if kind == "abnormal":
-                    tracks = (base / rel).parent / f"{stem}_annotations" / f"{stem}_tracks.txt"
-                    if not tracks.is_file():
-                        raise UserError(f"abnormal video {rel} has no tracks file {tracks}")
-                    video.anomalies = _ub_tracks(tracks)
+                    folder = (base / rel).parent / f"{stem}_annotations"
+                    tracks_path = folder / f"{stem}_tracks.txt"
+                    if not tracks_path.is_file():
+                        raise UserError(f"abnormal video {rel} has no tracks file {tracks_path}")
+                    tracks = _ub_tracks(tracks_path)
+                    video.anomalies = _merge((start, end) for _, start, end in tracks)
+                    if split == "test":
+                        video.boxes, n_missing, n_frames = _ub_mask_boxes(folder, stem, tracks)
+                        if 0 < n_missing < n_frames:
+                            partial.append(f"{stem} ({n_missing} of {n_frames})")
                 videos.append(video)
     _report_missing(missing, missing_ok, "the UBnormal split lists", base)
+    if partial:
+        _warn(
+            f"{len(partial)} abnormal test video(s) lack some *_gt.png object masks (no boxes there): {_names(partial)}"
+        )
     videos = _check_unique(videos)
     return Annotations(classes=list(BINARY_CLASSES), fps=float(fps), videos=videos, root=base)
 
