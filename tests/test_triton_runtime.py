@@ -23,7 +23,7 @@ from stprompt.errors import UserError
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
-QUEUE_DELAY_US = 50_000  # long enough that requests of two clients arriving together share an execution
+QUEUE_DELAY_US = 50_000  # the served encoder's queue delay (the batching test has its own model, 1 s)
 FAST_BACKOFF = {"backoff": (0.2, 0.5, 1.0), "jitter": 0.0}
 
 
@@ -55,8 +55,12 @@ def repository(tiny_bundle, tmp_path_factory) -> Path:
     ours = write_repository(tiny_bundle, work / "ours", options)
     other = write_repository(_other_export(tiny_bundle, work / "other-bundle"), work / "theirs",
                              RepositoryOptions(name="other", precision="fp32"))  # fmt: skip
+    # the same encoder with a 1 s queue delay: two clients' requests share an execution however loaded the machine
+    batching = write_repository(tiny_bundle, work / "batching", RepositoryOptions(name="batching", precision="fp32",
+                                                                                 queue_delay_us=1_000_000))  # fmt: skip
     served = python_backend_repository(ours, work / "served")
     python_backend_repository(other, served)
+    python_backend_repository(batching, served)
     return served
 
 
@@ -129,11 +133,11 @@ def test_triton_two_clients_are_batched_together(server, tiny_bundle):
     stats = grpcclient.InferenceServerClient(server.address)
 
     def counts() -> tuple[int, int, dict[int, int]]:
-        s = stats.get_inference_statistics("stp_encoder", as_json=True)["model_stats"][0]  # zero counters are absent
+        s = stats.get_inference_statistics("batching_encoder", as_json=True)["model_stats"][0]  # zeros are absent
         sizes = {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in s.get("batch_stats", [])}
         return int(s["inference_stats"]["success"].get("count", 0)), int(s.get("execution_count", 0)), sizes
 
-    clients = [TritonBackend(server.url, manifest, in_flight=1) for _ in range(2)]
+    clients = [TritonBackend(f"{server.url}/batching_encoder", manifest, in_flight=1) for _ in range(2)]
     crops = np.random.default_rng(0).standard_normal((50, 3, 224, 224)).astype(np.float32)
     requests0, executions0, sizes0 = counts()
     start = threading.Barrier(2)
@@ -234,7 +238,8 @@ def test_triton_server_hosting_another_export_is_refused(server, tiny_bundle, vi
 def test_triton_unknown_model_names_the_served_ones(server, tiny_bundle):
     from stprompt.runtime.backends import open_backend
 
-    with pytest.raises(UserError, match=r"has no model 'nope' ready \(it has other_encoder, stp_encoder\)"):
+    served = r"\(it has batching_encoder, other_encoder, stp_encoder\)"
+    with pytest.raises(UserError, match=r"has no model 'nope' ready " + served):
         open_backend(tiny_bundle.with_name("model.onnx"), triton=f"{server.url}/nope")
 
 
