@@ -21,6 +21,7 @@ from .cliformat import HelpFormatter
 from .data.annotations import NORMAL, class_phrase
 from .data.features import FeatureStore
 from .errors import UserError, cli_entry
+from .model.config import SPATIAL, TEMPORAL
 
 
 @dataclass
@@ -44,7 +45,7 @@ def pool_snippets(x: np.ndarray, bins: int) -> np.ndarray:
 def load_train_set(store: FeatureStore, head_cfg, max_snippets: int, progress: bool = True) -> TrainSet:
     import torch
 
-    from .model.sa2 import sa2
+    from .model.sa2 import spatial_aggregate
 
     videos = store.videos("train")
     if not videos:
@@ -56,10 +57,10 @@ def load_train_set(store: FeatureStore, head_cfg, max_snippets: int, progress: b
             print(f"\rstp-train: loading features {i + 1}/{len(videos)}", end="", file=sys.stderr)
         arrays = store.load(video.id)
         x_clip = arrays["x_clip"].astype(np.float32)
-        if head_cfg.use_sa2:
+        if head_cfg.spatial != "none":
             with torch.no_grad():
                 xp = torch.from_numpy(arrays["x_patch"].astype(np.float32))[None]
-                x_as = sa2(xp, None, head_cfg.topk_windows)[0].numpy()
+                x_as = spatial_aggregate(xp, None, head_cfg.topk_windows, head_cfg.spatial)[0].numpy()
         else:
             x_as = np.zeros_like(x_clip)
         xs_clip.append(pool_snippets(x_clip, max_snippets))
@@ -139,14 +140,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-align", type=float, default=0.07, help="A-branch temperature")
     p.add_argument("--n-ctx", type=int, default=8, help="learnable prompt context vectors")
     p.add_argument("--max-snippets", type=int, default=256, help="longer training videos are pooled to this")
-    p.add_argument("--no-sa2", action="store_true", help="ablation: no motion-prior aggregation")
-    p.add_argument("--no-adapter", action="store_true", help="ablation: no temporal adapter")
+    p.add_argument(
+        "--spatial",
+        choices=SPATIAL,
+        default=None,
+        help="x_AS from the 49 windows (paper Table 5): none, mean of all, softmax(motion) over all, mean of the "
+        "top-K by motion, or sa2 = softmax over the top-K (default)",
+    )
+    p.add_argument(
+        "--temporal",
+        choices=TEMPORAL,
+        default=None,
+        help="temporal adapter (paper Table 6): none, 8-head self-attention without positions, self-attention "
+        "then distance, or distance (default); the transformer ones do not stream (stp-export refuses them)",
+    )
+    p.add_argument("--no-sa2", action="store_true", help="ablation: no motion-prior aggregation (= --spatial none)")
+    p.add_argument("--no-adapter", action="store_true", help="ablation: no temporal adapter (= --temporal none)")
     p.add_argument("--branches", choices=("both", "c", "a"), default="both", help="which branch losses train")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order (runs repeat exactly)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from the epoch stored in --out")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
+
+
+def _alias(value: str | None, off: bool, off_flag: str, flag: str, off_value: str, default: str) -> str:
+    """--no-sa2 / --no-adapter are the older spellings of --spatial none / --temporal none."""
+    if off and value not in (None, off_value):
+        raise UserError(f"{off_flag} means {flag} {off_value}; it contradicts {flag} {value}")
+    return off_value if off else value or default
 
 
 @cli_entry("stp-train")
@@ -182,9 +204,9 @@ def train(store: FeatureStore, args: argparse.Namespace) -> None:
             topk_windows=args.topk_windows,
             tau_align=args.tau_align,
             n_ctx=args.n_ctx,
-            use_sa2=not args.no_sa2,
-            use_adapter=not args.no_adapter,
             branches=args.branches,
+            spatial=_alias(args.spatial, args.no_sa2, "--no-sa2", "--spatial", "none", "sa2"),
+            temporal=_alias(args.temporal, args.no_adapter, "--no-adapter", "--temporal", "none", "distance"),
         )
     except ValueError as err:
         raise UserError(str(err)) from None

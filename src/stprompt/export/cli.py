@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if not tensorrt_available():
             raise UserError(f"--trt: {TRT_MISSING}")
+    from ..checkpoint import load_checkpoint
+
+    problem = load_checkpoint(args.ckpt).config.streaming_problem  # before any CLIP load or file write
+    if problem:
+        raise UserError(f"{args.ckpt}: {problem}")
     from .bundle import export_bundle
     from .options import ExportOptions
 

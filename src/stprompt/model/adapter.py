@@ -1,4 +1,5 @@
-"""The distance temporal adapter (SPEC.md, temporal head step 2), computed as an exact band.
+"""The temporal adapter (SPEC.md, temporal head step 2): distance attention as an exact band, and Table 6's
+self-attention ablation.
 
 W[i, j] = softmax_j(-|i-j| / sigma) over valid j equals exp(-|i-j|/sigma) / sum_valid exp(-|i-j|/sigma),
 so W x is a fixed depthwise 1-D convolution of the masked sequence divided by the same convolution of
@@ -33,16 +34,45 @@ def distance_attention(x: torch.Tensor, mask: torch.Tensor, kernel: torch.Tensor
     return (num / den.clamp(min=1e-6)).transpose(1, 2)
 
 
-class DistanceAdapterLayer(nn.Module):
-    """x_TM = LN(W x); x_TA = LN(FFN(x_TM) + x_TM), FFN = D -> 4D -> D with QuickGELU."""
+class AdapterLayer(nn.Module):
+    """x_TM = LN(attention(x)); x_TA = LN(FFN(x_TM) + x_TM), FFN = D -> 4D -> D with QuickGELU.
 
-    def __init__(self, dim: int, sigma: float, radius: int):
+    Every Table 6 variant shares this block, so an ablation changes the attention and nothing else; each
+    subclass defines `attend(x, mask)`.
+    """
+
+    def __init__(self, dim: int):
         super().__init__()
-        self.register_buffer("kernel", distance_kernel(sigma, radius), persistent=False)
         self.ln1 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), QuickGELU(), nn.Linear(4 * dim, dim))
         self.ln2 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x_tm = self.ln1(distance_attention(x, mask, self.kernel))
+        x_tm = self.ln1(self.attend(x, mask))
         return self.ln2(self.ffn(x_tm) + x_tm)
+
+
+class DistanceAdapterLayer(AdapterLayer):
+    """The method's layer: attention = W x, the banded distance attention (no parameters)."""
+
+    def __init__(self, dim: int, sigma: float, radius: int):
+        super().__init__(dim)
+        self.register_buffer("kernel", distance_kernel(sigma, radius), persistent=False)
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return distance_attention(x, mask, self.kernel)
+
+
+class SelfAttentionAdapterLayer(AdapterLayer):
+    """Table 6 ablation: multi-head self-attention with Q/K/V projections and no positional encoding.
+
+    It attends over every valid snippet of the video (padded keys masked out): not a band, so it cannot stream
+    exactly with a finite lookahead (HeadConfig.streaming_problem).
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, key_padding_mask=~mask.bool(), need_weights=False)[0]

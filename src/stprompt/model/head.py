@@ -1,4 +1,4 @@
-"""The STPrompt temporal detection head: SA2 -> distance adapter -> C-branch and A-branch."""
+"""The STPrompt temporal detection head: SA2 -> distance adapter -> C-branch and A-branch (or a Table 5/6 ablation)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapter import DistanceAdapterLayer
+from .adapter import AdapterLayer, DistanceAdapterLayer, SelfAttentionAdapterLayer
 from .config import HeadConfig
-from .sa2 import sa2
+from .sa2 import spatial_aggregate
 
 
 @dataclass
@@ -20,22 +20,26 @@ class HeadOutput:
     score: torch.Tensor  # [B, T] 1 - probs[..., normal]
 
 
+def adapter_layer(cfg: HeadConfig, index: int) -> AdapterLayer:
+    """Layer `index` of the temporal variant: "transformer+distance" is self-attention first, distance after."""
+    self_attention = cfg.temporal == "transformer" or (cfg.temporal == "transformer+distance" and index == 0)
+    if self_attention:
+        return SelfAttentionAdapterLayer(cfg.dim, cfg.attn_heads)
+    return DistanceAdapterLayer(cfg.dim, cfg.sigma, cfg.radius)
+
+
 class STPromptHead(nn.Module):
     """Everything after the frozen image encoder, given the (1 + C) x D prompt embeddings."""
 
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         self.cfg = cfg
-        self.adapter = nn.ModuleList(
-            [DistanceAdapterLayer(cfg.dim, cfg.sigma, cfg.radius) for _ in range(cfg.layers if cfg.use_adapter else 0)]
-        )
+        self.adapter = nn.ModuleList([adapter_layer(cfg, i) for i in range(cfg.layers if cfg.use_adapter else 0)])
         self.c_branch = nn.Linear(cfg.dim, 1)
 
     def aggregate(self, x_patch: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """x_AS from x_patch [B, T, 7, 7, D] (zeros when SA2 is switched off)."""
-        if not self.cfg.use_sa2:
-            return torch.zeros(x_patch.shape[:2] + x_patch.shape[-1:], dtype=x_patch.dtype, device=x_patch.device)
-        return sa2(x_patch, lengths, self.cfg.topk_windows)
+        """x_AS from x_patch [B, T, 7, 7, D] by the configured spatial variant (zeros for "none")."""
+        return spatial_aggregate(x_patch, lengths, self.cfg.topk_windows, self.cfg.spatial)
 
     def forward_features(
         self, x_clip: torch.Tensor, x_as: torch.Tensor, mask: torch.Tensor, prompts: torch.Tensor

@@ -9,6 +9,7 @@ At the end of a stream the remaining snippets are scored with the true end, exac
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,11 +97,16 @@ class StreamingFeatureHead(StreamingHead):
     replicate rule (i is the newest, as at the end of a video) and made final when i + 1 arrives. The head's
     receptive field is then layers x R snippets of x_AS, so `context` here is exact_lookahead - 1, and a
     stream with lookahead >= exact_lookahead still reproduces the offline scores exactly.
+
+    `spatial` picks a Table 5 variant of the kernel (`sa2_step(..., spatial=)`); "none" and "average" use no
+    motion, so their x_AS is final at once and `context` is the whole exact_lookahead
+    (HeadConfig.exact_lookahead - HeadConfig.motion_lookahead in every case).
     """
 
-    def __init__(self, head: HeadFn, dim: int, context: int, lookahead: int, sa2_step, k: int):
+    def __init__(self, head: HeadFn, dim: int, context: int, lookahead: int, sa2_step, k: int, spatial: str = "sa2"):
         super().__init__(head, dim, context, lookahead, second_shape=(dim,))
-        self.sa2_step, self.k = sa2_step, k
+        self.sa2_step = sa2_step if spatial == "sa2" else functools.partial(sa2_step, spatial=spatial)
+        self.k = k
         self.prev_patch: np.ndarray | None = None  # x_patch of the snippet before the newest
         self.last_patch: np.ndarray | None = None  # x_patch of the newest snippet
 
