@@ -325,25 +325,46 @@ def frame_flops(clip_or_config: EncoderLike | StageCost, crops: int | None = Non
 
 
 # -------------------------------------------------------------------------------------------------- head
+def _layer_kinds(cfg: HeadConfig) -> tuple[int, int]:
+    """(self-attention layers, distance layers) of the temporal variant (paper Table 6)."""
+    if not cfg.use_adapter:
+        return 0, 0
+    if cfg.temporal == "transformer":
+        return cfg.layers, 0
+    if cfg.temporal == "transformer+distance":  # layer 1 self-attention, the others distance
+        return 1, cfg.layers - 1
+    return 0, cfg.layers
+
+
+def _spatial_windows(cfg: HeadConfig) -> int:
+    """Windows the spatial variant (paper Table 5) sums per snippet: the top-K or all 49, none without x_AS."""
+    return {"sa2": cfg.topk_windows, "selection-average": cfg.topk_windows, "attention": SCALE_A.count,
+            "average": SCALE_A.count}.get(cfg.spatial or ("sa2" if cfg.use_sa2 else "none"), 0)  # fmt: skip
+
+
 def head_mac_parts(cfg: HeadConfig, t: int = 1) -> dict[str, int]:
-    """MACs of STPromptHead over `t` snippets, by term (linear in t: every term is per snippet)."""
+    """MACs of STPromptHead over `t` snippets, by term: linear in t, but for self-attention layers (the
+    `transformer` variants: projections per snippet, scores and weighted sums over all t x t pairs)."""
     d, c1 = cfg.dim, cfg.n_classes
-    layers = cfg.layers if cfg.use_adapter else 0
+    attention_layers, band_layers = _layer_kinds(cfg)
     band = 2 * cfg.radius + 1
     return {
-        "sa2_weighted_sum": t * cfg.topk_windows * d if cfg.use_sa2 else 0,
-        "adapter_band_attention": layers * t * band * (d + 1),  # depthwise band over x (d) and over the mask (1)
-        "adapter_ffn": layers * t * 2 * d * 4 * d,
+        "spatial_weighted_sum": t * _spatial_windows(cfg) * d,
+        "adapter_band_attention": band_layers * t * band * (d + 1),  # depthwise band over x (d) and over the mask
+        "adapter_self_attention": attention_layers * (t * 4 * d * d + 2 * t * t * d),  # Q, K, V, out; QK^T and AV
+        "adapter_ffn": (attention_layers + band_layers) * t * 2 * d * 4 * d,
         "c_branch": t * d,
         "a_branch_similarity": t * d * c1,
     }
 
 
 def head_params(cfg: HeadConfig) -> int:
-    """Trainable head parameters (adapter LayerNorms and FFN, C-branch); prompts are shipped as constants."""
+    """Trainable head parameters (adapter LayerNorms and FFN, self-attention projections, C-branch); prompts are
+    shipped as constants."""
     d = cfg.dim
     layer = 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * d
-    return (cfg.layers if cfg.use_adapter else 0) * layer + d + 1
+    attention_layers, band_layers = _layer_kinds(cfg)
+    return (attention_layers + band_layers) * layer + attention_layers * (4 * d * d + 4 * d) + d + 1
 
 
 def head_flops(cfg: HeadConfig, t: int = 1) -> StageCost:
@@ -513,8 +534,9 @@ def head_crosscheck(cfg: HeadConfig, t: int = 32, seed: int = 0) -> CrossCheck:
         stage="head",
         analytic_flops=2 * sum(parts.values()),
         counted_flops=counted_flops(head, args),
-        uncounted_flops=2 * parts["sa2_weighted_sum"],
-        note="SA2's weighted sum is a multiply + sum, which FlopCounterMode does not count",
+        uncounted_flops=2 * parts["spatial_weighted_sum"],
+        note="the spatial weighted sum (SA2's, or a Table 5 variant's) is a multiply + sum, which FlopCounterMode "
+        "does not count",
     )
 
 
