@@ -1,9 +1,10 @@
 """The training checkpoint `model.pt`: a plain dict of tensors and primitives.
 
 It loads with `torch.load(weights_only=True)` (no pickled objects) and fully determines the model: head
-config, classes and their prompt phrases, ClipSpec and the sha256 of its weights, feature stride, head
-weights, the learned prompt context and the prompt embeddings it produces (so evaluation and export do
-not need to run the text encoder again).
+config, classes and their prompt phrases, ClipSpec and the sha256 of its weights, the activation and architecture
+that CLIP ran with (`clip_activation`, `clip_arch`; a checkpoint from before they were recorded gets them inferred,
+see stprompt.clip.loader.legacy_activation), feature stride, head weights, the learned prompt context and the prompt
+embeddings it produces (so evaluation and export do not need to run the text encoder again).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .clip.loader import legacy_activation
 from .errors import UserError, first_line
 from .fileio import atomic_write_bytes
 from .model.config import HeadConfig
@@ -38,6 +40,8 @@ class Checkpoint:
     epoch: int = 0
     train_args: dict[str, Any] | None = None
     optimizer_state: dict[str, Any] | None = None
+    clip_arch: str | None = None  # the open_clip architecture built (LoadedClip.arch)
+    clip_activation: str | None = None  # "quick_gelu" or "gelu" (LoadedClip.activation); None: unknown
 
     def build_head(self) -> STPromptHead:
         head = STPromptHead(self.config)
@@ -52,6 +56,8 @@ class Checkpoint:
             "class_phrases": list(self.class_phrases),
             "clip": self.clip,
             "clip_sha256": self.clip_sha256,
+            "clip_arch": self.clip_arch,
+            "clip_activation": self.clip_activation,
             "stride": int(self.stride),
             "head": {k: v.detach().cpu() for k, v in self.head_state.items()},
             "prompt_ctx": self.prompt_ctx.detach().cpu(),
@@ -91,4 +97,6 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         epoch=int(d.get("epoch", 0)),
         train_args=d.get("train_args"),
         optimizer_state=d.get("optimizer"),
+        clip_arch=d.get("clip_arch"),
+        clip_activation=d.get("clip_activation") or legacy_activation(d["clip"]),
     )

@@ -42,10 +42,11 @@ class VideoPrediction:
 
 
 def check_compatible(ckpt, store: FeatureStore) -> None:
-    """Refuse features made with other CLIP weights, classes or stride than the checkpoint."""
-    from .clip.loader import check_same_weights
+    """Refuse features made with other CLIP weights or activation, classes or stride than the checkpoint."""
+    from .clip.loader import check_same_activation, check_same_weights
 
     check_same_weights(ckpt.clip_sha256, store.index["clip_sha256"], "the checkpoint", f"features in {store.root}")
+    check_same_activation(ckpt.clip_activation, store.clip_activation, "the checkpoint", f"features in {store.root}")
     if ckpt.classes != store.classes:
         raise UserError(f"checkpoint classes {ckpt.classes} differ from the features' {store.classes}")
     if ckpt.config.dim != store.dim:
@@ -189,11 +190,12 @@ def load_queries(args: argparse.Namespace, ckpt):
 
     if args.heat_source == "prompts":
         return prompt_queries(ckpt.prompt_features.numpy(), ckpt.classes)
-    from .clip.loader import check_same_weights, load_clip
+    from .clip.loader import check_same_activation, check_same_weights, load_clip
 
     bank = load_bank(args.queries)
     clip = load_clip(ckpt.clip)
     check_same_weights(ckpt.clip_sha256, clip.sha256, "the checkpoint", ckpt.clip)
+    check_same_activation(ckpt.clip_activation, clip.activation, "the checkpoint", ckpt.clip)
     return encode_bank(clip.model, bank, ckpt.classes)
 
 

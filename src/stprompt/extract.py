@@ -145,6 +145,8 @@ def extract_dataset(args: argparse.Namespace) -> int:
         args.out,
         clip=str(clip.spec),
         clip_sha256=clip.sha256,
+        clip_arch=clip.arch,
+        clip_activation=clip.activation,
         dim=clip.dim,
         stride=args.stride,
         scale_b=args.scale_b,

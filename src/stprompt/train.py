@@ -186,7 +186,7 @@ def train(store: FeatureStore, args: argparse.Namespace) -> None:
     import torch
 
     from .checkpoint import Checkpoint, load_checkpoint
-    from .clip.loader import check_same_weights, load_clip
+    from .clip.loader import check_same_activation, check_same_weights, load_clip
     from .model import losses
     from .model.config import HeadConfig
     from .model.head import STPromptHead
@@ -214,6 +214,7 @@ def train(store: FeatureStore, args: argparse.Namespace) -> None:
         raise UserError(f"{store.root}: first class must be {NORMAL!r}")
     clip = load_clip(store.index["clip"])
     check_same_weights(store.index["clip_sha256"], clip.sha256, f"features in {store.root}", store.index["clip"])
+    check_same_activation(store.clip_activation, clip.activation, f"features in {store.root}", store.index["clip"])
     if clip.dim != store.dim:
         raise UserError(f"features have D={store.dim} but {clip.spec} embeds to D={clip.dim}")
     phrases = [class_phrase(c) for c in store.classes]
@@ -228,6 +229,7 @@ def train(store: FeatureStore, args: argparse.Namespace) -> None:
         prev = load_checkpoint(args.out)
         if prev.config != cfg or prev.classes != store.classes:
             raise UserError(f"{args.out} was trained with other settings or classes; drop --resume")
+        check_same_activation(prev.clip_activation, clip.activation, str(args.out), store.index["clip"])
         head.load_state_dict(prev.head_state)
         with torch.no_grad():
             prompt.ctx.copy_(prev.prompt_ctx)
@@ -276,6 +278,8 @@ def train(store: FeatureStore, args: argparse.Namespace) -> None:
             class_phrases=phrases,
             clip=store.index["clip"],
             clip_sha256=store.index["clip_sha256"],
+            clip_arch=clip.arch,
+            clip_activation=clip.activation,
             stride=store.stride,
             head_state=head.state_dict(),
             prompt_ctx=prompt.ctx.detach().clone(),

@@ -31,7 +31,8 @@ def random_bundle(clip_spec: str, out_dir: Path, int8: bool = False, fp16: bool 
     cfg = HeadConfig(dim=clip.dim, n_classes=len(classes))
     ckpt = Checkpoint(cfg, classes, [class_phrase(c) for c in classes], str(clip.spec), clip.sha256, 16,
                       STPromptHead(cfg).state_dict(), torch.zeros(8, clip.dim),
-                      torch.randn(len(classes), clip.dim))  # fmt: skip
+                      torch.randn(len(classes), clip.dim), clip_arch=clip.arch,
+                      clip_activation=clip.activation)  # fmt: skip
     ckpt.save(out_dir / "model.pt")
     opts = ExportOptions(precision="fp16" if fp16 else "fp32", int8_cpu=int8, probe_frames=1)
     log(f"stp-bench: exporting a random-weights {clip_spec} bundle to {out_dir} (stp-export{' --int8-cpu' * int8})")

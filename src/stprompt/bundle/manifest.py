@@ -143,6 +143,12 @@ class Manifest:
         return self.raw["clip_sha256"]
 
     @property
+    def clip_activation(self) -> str | None:
+        """The MLP activation the encoder runs ("quick_gelu", "gelu"); None in bundles exported before it was
+        recorded (stprompt.clip.loader.legacy_activation infers it from `clip` and versions.open_clip)."""
+        return self.raw.get("clip_activation")
+
+    @property
     def dim(self) -> int:
         return int(self.raw["dim"])
 

@@ -3,6 +3,9 @@
 - `ViT-B-16:openai` (or any open_clip pretrained tag): open_clip's hub loader, only when asked for.
 - `ViT-B-16:/path/weights.pt|.safetensors|.bin`: a local file.
 - `ViT-B-16:random[:SEED]` and `stp-tiny` (= `stp-tiny:random:0`): seeded random initialisation.
+
+The activation (QuickGELU or GELU) is not part of the string: the weights decide it (`loader.resolve_clip`), and
+an `ARCH-quickgelu` architecture asks for QuickGELU where the weights do not say.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Each npz holds `x_clip` [T, D] float32, `x_patch` [T, 7, 7, D] float32, `frames` [T] int64 (native frame
 index of each snippet) and, when extracted with scale B, `x_patch_b` [T, 4, 4, D]. The index carries the
-ClipSpec and the sha256 of the weights that made the features, the sampling stride, the classes and a
-copy of every video's annotation, so training and evaluation need nothing but this folder.
+ClipSpec, the sha256 of the weights that made the features and the activation and architecture the CLIP ran with
+(`clip_activation`, `clip_arch`: absent in stores written before they were recorded), the sampling stride, the
+classes and a copy of every video's annotation, so training and evaluation need nothing but this folder.
 """
 
 from __future__ import annotations
@@ -45,13 +46,18 @@ class FeatureStore:
         fps: float,
         dataset: str | None = None,
         preprocess: dict[str, Any] | None = None,
+        clip_arch: str | None = None,
+        clip_activation: str | None = None,
     ) -> FeatureStore:
-        """Open FEATURES for writing; an existing store must have been made the same way (resume)."""
+        """Open FEATURES for writing; an existing store must have been made the same way (resume), with the same CLIP
+        activation too (`clip_activation`, see stprompt.clip.loader; None: the caller does not know it)."""
         root = Path(root)
         meta = {
             "format": FORMAT,
             "clip": clip,
             "clip_sha256": clip_sha256,
+            **({"clip_arch": clip_arch} if clip_arch is not None else {}),
+            **({"clip_activation": clip_activation} if clip_activation is not None else {}),
             "dim": int(dim),
             "stride": int(stride),
             "scale_b": bool(scale_b),
@@ -70,8 +76,18 @@ class FeatureStore:
                         f"{root} holds features made with {key}={store.index.get(key)!r}, "
                         f"not {meta[key]!r}; use another --out folder"
                     )
+            if clip_activation is not None and store.clip_activation != clip_activation:
+                from ..clip.loader import activation_name
+
+                raise UserError(
+                    f"{root} holds features made with CLIP running {activation_name(store.clip_activation)}, "
+                    f"not {activation_name(clip_activation)}; use another --out folder"
+                )
             if scale_b and not store.index.get("scale_b"):
                 raise UserError(f"{root} was extracted without --scale-b; use another --out folder")
+            for key in ("clip_arch", "clip_activation"):  # a store from before they were recorded: now it is known
+                if meta.get(key) is not None:
+                    store.index.setdefault(key, meta[key])
             return store
         root.mkdir(parents=True, exist_ok=True)
         store = cls(root, {**meta, "videos": {}})
@@ -93,6 +109,16 @@ class FeatureStore:
     @property
     def classes(self) -> list[str]:
         return list(self.index["classes"])
+
+    @property
+    def clip_activation(self) -> str | None:
+        """The activation the CLIP ran with: as recorded, or for a store from before it was recorded what the loader
+        then built (stprompt.clip.loader.legacy_activation; None where that is unknown, e.g. `ARCH:openai`)."""
+        if self.index.get("clip_activation") is not None:
+            return self.index["clip_activation"]
+        from ..clip.loader import legacy_activation
+
+        return legacy_activation(self.index["clip"])
 
     @property
     def stride(self) -> int:

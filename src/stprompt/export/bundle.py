@@ -190,6 +190,8 @@ def manifest_doc(ckpt, clip, queries, opts: ExportOptions, pre: Preprocess, sett
         "format": FORMAT,
         "clip": str(clip.spec),
         "clip_sha256": clip.sha256,
+        "clip_arch": clip.arch,  # the open_clip architecture the encoder graph was exported from
+        "clip_activation": clip.activation,  # its MLP activation (quick_gelu, gelu): part of what the encoder computes
         "dim": cfg.dim,
         **pre.manifest_sections(),
         "sampling": {"stride": ckpt.stride, "offset": ckpt.stride // 2},
@@ -236,7 +238,7 @@ def export_bundle(
 ) -> Path:
     """Write the bundle for `ckpt_path` at stem `out`; returns the manifest path. Raises UserError on any gate."""
     from ..checkpoint import load_checkpoint
-    from ..clip.loader import check_same_weights, load_clip
+    from ..clip.loader import check_same_activation, check_same_weights, load_clip
     from ..localize.queries import encode_bank, load_bank
 
     ckpt = load_checkpoint(ckpt_path)
@@ -246,6 +248,7 @@ def export_bundle(
     cfg = ckpt.config
     clip = load_clip(ckpt.clip)
     check_same_weights(ckpt.clip_sha256, clip.sha256, "the checkpoint", ckpt.clip)
+    check_same_activation(ckpt.clip_activation, clip.activation, "the checkpoint", ckpt.clip)
     if clip.dim != cfg.dim:
         raise UserError(f"checkpoint head expects D={cfg.dim}, CLIP {ckpt.clip} gives D={clip.dim}")
     pre = clip.preprocess  # the CLIP model's own size and mean / std: the runtime reads them from the manifest

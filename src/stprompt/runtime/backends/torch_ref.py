@@ -46,7 +46,7 @@ class TorchBackend(BackendBase):
         torch = _require_torch()
         from ...checkpoint import load_checkpoint
         from ...clip.image import ImageEncoder
-        from ...clip.loader import load_clip
+        from ...clip.loader import check_same_activation, legacy_activation, load_clip
 
         ckpt = load_checkpoint(ckpt_path)
         if ckpt.clip_sha256 != manifest.clip_sha256:
@@ -59,7 +59,12 @@ class TorchBackend(BackendBase):
                 f"{ckpt_path.name} (classes {ckpt.classes}, D={ckpt.config.dim}) does not match bundle "
                 f"{manifest.path.name} (classes {manifest.classes}, D={manifest.dim})"
             )
+        exported = manifest.clip_activation or legacy_activation(
+            manifest.clip, manifest.raw["versions"].get("open_clip")
+        )
+        check_same_activation(ckpt.clip_activation, exported, ckpt_path.name, f"bundle {manifest.path.name}")
         clip = load_clip(manifest.clip)
+        check_same_activation(exported, clip.activation, f"bundle {manifest.path.name}", f"CLIP {manifest.clip}")
         if clip.sha256 != manifest.clip_sha256:
             raise UserError(
                 f"CLIP {manifest.clip} loads weights sha256 {clip.sha256[:12]}..., but bundle {manifest.path.name} "
