@@ -76,6 +76,25 @@ def test_rerun_skips_and_corrupt_video_is_reported(tiny_dataset, features, tmp_p
     )
 
 
+def test_rerun_records_boxes_imported_after_extraction(tiny_dataset, features, tmp_path, capsys):
+    """Boxes imported after a first stp-extract reach the feature folder on the next run, without extracting."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    out = tmp_path / "f"
+    shutil.copytree(features, out)
+    doc = json.loads((data / "annotations.json").read_text())
+    target = next(v for v in doc["videos"] if v["split"] == "test" and v.get("label", "normal") != "normal")
+    target["boxes"] = {"10": [[1.0, 2.0, 30.0, 40.0]]}
+    (data / "annotations.json").write_text(json.dumps(doc))
+    npz = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")}
+    assert extract.main([str(data), "--out", str(out), "--stride", str(STRIDE), "--scale-b"]) == 0
+    err = capsys.readouterr().err
+    assert "0 extracted, 6 already there" in err and "annotations of 1 already extracted videos updated" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")} == npz  # no feature was rewritten
+    video = next(v for v in FeatureStore.open(out).videos("test") if v.path == target["path"])
+    assert video.boxes == {10: [[1.0, 2.0, 30.0, 40.0]]}
+
+
 def test_train_writes_a_self_contained_weights_only_checkpoint(checkpoint, tiny_clip):
     d = torch.load(checkpoint, weights_only=True)
     assert d["format"] == "stprompt-checkpoint/1" and d["epoch"] == 2

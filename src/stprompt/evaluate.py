@@ -206,9 +206,9 @@ def no_tiou_reason(preds: list[VideoPrediction], split: str) -> str:
     if n_gt:
         return (f"the {n_gt} ground-truth boxes of the {split} videos all lie on frames past their last scored "
                 "snippet")  # fmt: skip
-    return (f"none of the {len(preds)} {split} videos has ground-truth boxes; import them before stp-extract, which "
-            "copies the annotations into the feature folder (stp-import ucf-crime ROOT --boxes Test_annotation.pkl; "
-            "shanghaitech and ubnormal read their own masks)")  # fmt: skip
+    return (f"none of the {len(preds)} {split} videos has ground-truth boxes; import them (stp-import ucf-crime ROOT "
+            "--boxes Test_annotation.pkl; shanghaitech and ubnormal read their own masks), then rerun stp-extract "
+            "into this feature folder, which records them without encoding again")  # fmt: skip
 
 
 def run_localization(args: argparse.Namespace, ckpt, store: FeatureStore, preds: list[VideoPrediction]):

@@ -156,6 +156,10 @@ def extract_dataset(args: argparse.Namespace) -> int:
         preprocess=pre.manifest_sections(),
     )
     todo = [v for v in videos if not store.has(v.id)]
+    refreshed = store.refresh_annotations([v for v in videos if store.has(v.id)])
+    if refreshed and not args.quiet:
+        print(f"stp-extract: annotations of {refreshed} already extracted videos updated from {args.dataset} "
+              "(labels, anomalies, boxes)", file=sys.stderr)  # fmt: skip
     failed: list[str] = []
     crops = 0
     start = time.perf_counter()

@@ -159,6 +159,20 @@ class FeatureStore:
         entry = self.index["videos"].get(video_id)
         return entry is not None and (self.root / entry["file"]).is_file()
 
+    def refresh_annotations(self, videos: list[Video]) -> int:
+        """Record the current annotations (labels, anomalies, boxes) of videos already extracted; their features do
+        not depend on them, so boxes imported after a first stp-extract reach stp-eval without extracting again.
+        Returns how many entries changed."""
+        changed = 0
+        for video in videos:
+            entry = self.index["videos"].get(video.id)
+            if entry is not None and self.has(video.id) and entry.get("video") != video.to_json():
+                entry["video"] = video.to_json()
+                changed += 1
+        if changed:
+            self._save_index()
+        return changed
+
     def write(
         self, video: Video, arrays: dict[str, np.ndarray], n_frames: int, size: tuple[int, int] | None = None
     ) -> None:
