@@ -42,6 +42,8 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None = None
     clip_arch: str | None = None  # the open_clip architecture built (LoadedClip.arch)
     clip_activation: str | None = None  # "quick_gelu" or "gelu" (LoadedClip.activation); None: unknown
+    # stp-train's progress, so --resume continues it: step, steps, per-step losses, validation split and history
+    training: dict[str, Any] | None = None
 
     def build_head(self) -> STPromptHead:
         head = STPromptHead(self.config)
@@ -65,6 +67,7 @@ class Checkpoint:
             "epoch": int(self.epoch),
             "train_args": dict(self.train_args or {}),
             "optimizer": self.optimizer_state,
+            "training": self.training,
             "versions": {"torch": str(torch.__version__)},
         }
 
@@ -99,4 +102,5 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         optimizer_state=d.get("optimizer"),
         clip_arch=d.get("clip_arch"),
         clip_activation=d.get("clip_activation") or legacy_activation(d["clip"]),
+        training=d.get("training"),
     )

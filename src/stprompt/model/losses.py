@@ -39,9 +39,17 @@ def align_loss(logits: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, 
     return -(target * torch.log_softmax(s, dim=1)).sum(dim=1).mean()
 
 
-def const_loss(prompts: torch.Tensor) -> torch.Tensor:
-    """L_const = sum over i != j of max(0, cos(Prompt_i, Prompt_j))."""
+CONST_FORMS = ("sum", "mean")
+
+
+def const_loss(prompts: torch.Tensor, form: str = "sum") -> torch.Tensor:
+    """L_const over i != j of max(0, cos(Prompt_i, Prompt_j)): "sum" is Eq. 9 as printed; "mean" divides by the
+    (1 + C) C ordered pairs, because the sum grows with the square of the class count and dominates the total
+    loss at the start of training (the prompts share their context, so every cosine starts near 1)."""
+    if form not in CONST_FORMS:
+        raise ValueError(f"const_loss form must be one of {CONST_FORMS}, got {form!r}")
     p = nn.functional.normalize(prompts, dim=-1)
     cos = p @ p.t()
     off = ~torch.eye(cos.shape[0], dtype=torch.bool, device=cos.device)
-    return cos[off].clamp(min=0).sum()
+    pairs = cos[off].clamp(min=0)
+    return pairs.sum() if form == "sum" else pairs.mean()
