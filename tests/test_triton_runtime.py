@@ -98,6 +98,22 @@ def local_events(tiny_bundle, video, tmp_path_factory) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
+def after_first_encoder_call(monkeypatch, action) -> None:
+    """Run `action` (kill or redeploy the server) once, right after the first encoder call was answered and its
+    served config confirmed: between two encoder calls of the run."""
+    from stprompt.runtime.backends.triton import TritonBackend
+
+    original, done = TritonBackend._confirm, []
+
+    def confirm_then_act(self) -> None:
+        original(self)
+        if not done:
+            done.append(True)
+            action()
+
+    monkeypatch.setattr(TritonBackend, "_confirm", confirm_then_act)
+
+
 def _frames(events: list[dict]) -> dict[int, float]:
     return {e["frame"]: e["score"] for e in events if e["type"] == "frame"}
 
@@ -263,19 +279,9 @@ def test_triton_server_gone_for_good_ends_the_run_with_what_was_encoded(reposito
     """Killed after the first encoder call and never back: one reconnect attempt (--reconnect 1), then the
     snippets encoded so far are scored and written, and stp-run exits 1 with one line."""
     from stprompt.runtime import cli
-    from stprompt.runtime.backends.triton import TritonBackend
 
     srv = TritonServer(repository, tmp_path).start()
-    original = TritonBackend._confirm
-    calls: list[int] = []
-
-    def confirm_then_kill(self):
-        original(self)
-        calls.append(1)
-        if len(calls) == 1:  # the first encoder call answered and confirmed: its embeddings are kept
-            srv.kill()
-
-    monkeypatch.setattr(TritonBackend, "_confirm", confirm_then_kill)
+    after_first_encoder_call(monkeypatch, srv.kill)  # its embeddings were answered and confirmed: they are kept
     out = tmp_path / "events.jsonl"
     try:
         code = cli.main(["--engine", str(tiny_bundle.with_name("model.onnx")), "--triton", srv.url, "--reconnect",
@@ -296,21 +302,15 @@ def test_triton_server_back_with_another_export_ends_the_run(repository, imposto
     next call is not used (the config is confirmed after every call), the snippets encoded before are scored and
     written, exit 1 with one line."""
     from stprompt.runtime import cli
-    from stprompt.runtime.backends.triton import TritonBackend
 
     srv = TritonServer(repository, tmp_path).start()
-    original = TritonBackend._confirm
-    calls: list[int] = []
 
-    def confirm_then_redeploy(self):
-        original(self)
-        calls.append(1)
-        if len(calls) == 1:  # between two encoder calls, quicker than any retry: gRPC reconnects by itself
-            srv.kill()
-            srv.repository = impostor_repository
-            srv.start()
+    def redeploy() -> None:  # between two encoder calls, quicker than any retry: gRPC reconnects by itself
+        srv.kill()
+        srv.repository = impostor_repository
+        srv.start()
 
-    monkeypatch.setattr(TritonBackend, "_confirm", confirm_then_redeploy)
+    after_first_encoder_call(monkeypatch, redeploy)
     out = tmp_path / "events.jsonl"
     try:
         code = cli.main(["--engine", str(tiny_bundle.with_name("model.onnx")), "--triton", srv.url, str(video),

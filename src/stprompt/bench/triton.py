@@ -204,8 +204,8 @@ def run_level(backends: list, inputs: list[np.ndarray], warmup: int, duration: f
                 backend.encode(x)
                 latencies[i].append(time.perf_counter() - t)
             ends[i] = time.perf_counter()
-        except threading.BrokenBarrierError:
-            pass
+        except threading.BrokenBarrierError:  # another stream failed and aborted the barrier: its error is reported
+            return
         except BaseException as err:  # noqa: BLE001 - handed to the main thread, which raises it
             errors.append(err)
             stop.set()
