@@ -48,6 +48,7 @@ from .bundle import engine_keys
 from .bundle.manifest import FORMAT, SUFFIX, Manifest, load_manifest, write_manifest
 from .engines import tensorrt as trt_engines
 from .errors import UserError, cli_entry, first_line
+from .fileio import check_writable
 
 PROG = "stp-appliance"
 ENV_BUNDLE, ENV_CACHE, ENV_REBUILD, ENV_BUILD_ARGS = "STP_BUNDLE", "STP_CACHE", "STP_REBUILD", "STP_BUILD_ARGS"
@@ -120,21 +121,16 @@ def _is_bundle_manifest(path: Path) -> bool:
 
 
 def _writable_dir(path: Path, what: str) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the {what} {path}: {err.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(
-            f"the {what} {path} is not writable by uid {os.getuid()} "
-            "(chown the host folder to that uid, or use a named volume)"
-        )
+    check_writable(path, what, folder=True,
+                   hint=f"stp-appliance runs as uid {os.getuid()}: chown the host folder to that uid, or use "
+                        "a named volume")  # fmt: skip
+    path.mkdir(exist_ok=True)
     return path
 
 
 def stage_bundle(source: Manifest, cache: Path) -> Path:
     """The bundle's working copy in `cache` (symlinked files, copied manifest, earlier engine records); its path."""
-    cache = _writable_dir(cache, "engine cache folder")
+    cache = _writable_dir(cache, "engine cache folder (--cache)")
     work = cache / source.path.name
     for entry in source.raw["files"].values():
         link, target = cache / entry["path"], source.root / entry["path"]
@@ -206,8 +202,8 @@ def prepare_engine(
         return Decision("fallback", engine, message)
 
     if cache is None or Path(cache).resolve() == source.root:
-        if not os.access(source.root, os.W_OK | os.X_OK):
-            raise UserError(f"{source.root} is read-only: give a writable cache folder for the plans (--cache DIR)")
+        check_writable(source.path, "bundle", hint="plans are built beside it without a cache: give a writable cache "
+                       "folder for them, --cache DIR")  # fmt: skip
         work_file = source.path
     else:
         work_file = stage_bundle(source, Path(cache))

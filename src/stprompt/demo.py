@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from .cliformat import HelpFormatter
 from .errors import UserError, cli_entry
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, check_writable
 
 T = TypeVar("T")
 
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime.api import open_pipeline
 
     out = Path(args.out)
+    check_writable(out, "--out", folder=True)  # before any step: summary.json is written last
     data, feats, model = out / "data", out / "features", out / "model.pt"
     t0 = time.perf_counter()
     if not (data / "annotations.json").is_file():

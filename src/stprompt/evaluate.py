@@ -19,7 +19,7 @@ from .cliformat import HelpFormatter
 from .data.annotations import NORMAL, Video
 from .data.features import FeatureStore
 from .errors import UserError, cli_entry, warn
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, check_writable
 from .localize.predict import VideoBoxes
 from .metrics import frame_ap, frame_auc, snippet_to_frames
 
@@ -302,6 +302,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     ckpt = load_checkpoint(args.ckpt)
     store = FeatureStore.open(args.features)
     check_compatible(ckpt, store)
+    if args.predictions:  # before any work: the outputs are written at the end
+        check_writable(args.predictions, "--predictions")
+    if args.plots:
+        check_writable(args.plots, "--plots", folder=True)
     videos = store.videos(args.split)
     for video in videos:  # ground truth past a video's end: one line per video, the interval clipped
         n_frames = store.n_frames(video.id)

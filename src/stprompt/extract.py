@@ -23,6 +23,7 @@ from .data import annotations as ann_mod
 from .data.features import FeatureStore
 from .data.video import FRAME_COUNT_TOLERANCE, SampledFrames, prefetch
 from .errors import UserError, cli_entry, one_line
+from .fileio import check_writable
 from .sampling import snippet_frame_indices
 
 DEFAULT_CLIP = "stp-tiny"
@@ -127,6 +128,7 @@ def extract_dataset(args: argparse.Namespace) -> int:
     videos = dataset.split(args.split)
     if not videos:
         raise UserError(f"no {args.split} videos in {args.dataset}")
+    check_writable(args.out, "--out", folder=True)  # before CLIP is loaded
 
     import torch
     from tqdm import tqdm

@@ -31,6 +31,7 @@ from .cliformat import HelpFormatter
 from .data.annotations import NORMAL, class_phrase
 from .data.features import FeatureStore
 from .errors import UserError, cli_entry, inform, warn
+from .fileio import check_writable
 from .model.config import SPATIAL, TEMPORAL
 
 DEFAULT_EPOCHS = 10  # SPEC.md, Training
@@ -497,6 +498,7 @@ def train(store: FeatureStore, args: argparse.Namespace) -> Progress:
         raise UserError(str(err)) from None
     if store.classes[0] != NORMAL:
         raise UserError(f"{store.root}: first class must be {NORMAL!r}")
+    check_writable(args.out, "--out")  # before any work: a checkpoint that cannot be written would lose the run
     clip = load_clip(store.index["clip"])
     check_same_weights(store.index["clip_sha256"], clip.sha256, f"features in {store.root}", store.index["clip"])
     check_same_activation(store.clip_activation, clip.activation, f"features in {store.root}", store.index["clip"])
@@ -514,10 +516,6 @@ def train(store: FeatureStore, args: argparse.Namespace) -> Progress:
             raise UserError(
                 f"{args.out} was trained with --val-fraction {trained_with:g}; resume with that or drop --resume"
             )
-    try:  # before any work: a checkpoint that cannot be written would lose the run
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the folder of --out {args.out}: {err.strerror}") from None
     data = load_train_set(store, cfg, args.max_snippets, progress=not args.quiet)
 
     head = STPromptHead(cfg)

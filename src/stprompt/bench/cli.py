@@ -19,7 +19,7 @@ from typing import Any
 
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_writable
 
 BACKENDS = ("ort-fp32", "ort-fp16", "ort-int8", "trt", "torch-fp32", "torch-bf16", "torch-cuda-fp16", "baseline")
 _FILES = {"ort-fp32": "model.onnx", "ort-fp16": "model.fp16.onnx", "ort-int8": "model.int8.onnx", "trt": "model.plan",
@@ -288,11 +288,15 @@ def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[s
 @cli_entry("stp-bench")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:  # before any measurement: the results are written last
+        check_writable(args.json, "--json")
     if args.triton is not None:
         return _triton(args)
     if args.frames < 1 or args.repeats < 1 or args.warmup < 0:
         raise UserError("--frames and --repeats must be >= 1, --warmup >= 0")
     _parse_size(args.size)
+    if args.clip and args.keep:
+        check_writable(args.keep, "--keep", folder=True)
     with tempfile.TemporaryDirectory(prefix="stp-bench-") as tmp:
         work = Path(tmp)
         if args.clip:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
+from ..fileio import check_writable
 from .annotations import Annotations
 from .importers import DEFAULT_FPS, IMPORTERS, import_shanghaitech, import_ubnormal, import_ucf_crime
 
@@ -79,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     fps = DEFAULT_FPS[args.dataset] if args.fps is None else args.fps
     if not fps > 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
+    out = args.out if args.out is not None else args.root / "annotations.json"
+    if out.is_dir():
+        out = out / "annotations.json"
+    if args.out is not None or args.root.is_dir():  # before reading masks; a missing ROOT is the importer's to say
+        check_writable(out, "--out" if args.out is not None else "--out (default: ROOT/annotations.json)")
     if args.dataset == "ucf-crime":
         ann = import_ucf_crime(args.root, boxes_dir=args.boxes, fps=fps, missing_ok=args.missing_ok)
     elif args.dataset == "shanghaitech":
@@ -87,9 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         ann = import_ubnormal(
             args.root, fps=fps, include_validation=args.include_validation, missing_ok=args.missing_ok
         )
-    out = args.out if args.out is not None else args.root / "annotations.json"
-    if out.is_dir():
-        out = out / "annotations.json"
     _rebase(ann, out.parent)
     try:
         ann.save(out)

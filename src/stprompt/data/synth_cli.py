@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
+from ..fileio import check_writable
 from .synth import generate, is_synth_output
 
 
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for user errors, via cli_entry)."""
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
+    check_writable(out, "OUT", folder=True)
     if out.is_dir() and any(out.iterdir()) and not is_synth_output(out) and not args.force:
         raise UserError(
             f"{out} is not empty and was not written by stp-synth; pick another OUT or use --force"

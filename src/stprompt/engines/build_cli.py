@@ -7,6 +7,7 @@ import sys
 
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
+from ..fileio import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..bundle.manifest import load_manifest
     from .tensorrt import build_bundle_engines, require_tensorrt
 
-    load_manifest(args.manifest)  # a missing or tampered bundle is reported before TensorRT is looked for
+    manifest = load_manifest(args.manifest)  # a missing or tampered bundle is reported before TensorRT is looked for
+    # the plans, their timing cache and the manifest's engine records are written beside model.json
+    check_writable(manifest.path, "manifest", hint="stp-build writes the plans beside it: copy the bundle to a "
+                   "writable folder, or let stp-appliance build them into its --cache")  # fmt: skip
     require_tensorrt()
     for name in ("max_batch", "opt_batch", "max_window", "opt_window"):
         value = getattr(args, name)

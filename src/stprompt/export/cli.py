@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+from pathlib import Path
 
 from ..bundle.engine_keys import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH, DEFAULT_WORKSPACE_GB, engine_jobs, engine_path
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
+from ..fileio import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stp-export",
         description=(
-            "Export a trained STPrompt checkpoint as a bundle of files sharing the stem --out: "
+            "Export a trained STPrompt checkpoint as a bundle of files sharing the stem --out (default: the "
+            "checkpoint's own, beside it: runs/model.pt -> runs/model.json, runs/model.onnx, ...): "
             "model.onnx (image encoder, fp32), model.head.onnx (temporal head, T dynamic), model.queries.npz, "
             "model.json (manifest with sha256 of every file), plus model.fp16.onnx / model.int8.onnx on request. "
             "Every graph is gated against the PyTorch reference; a failed gate writes nothing. "
@@ -24,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--ckpt", required=True, help="checkpoint model.pt written by stp-train")
-    p.add_argument("--out", required=True, help="bundle stem: DIR/model writes DIR/model.json, DIR/model.onnx, ...")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="bundle stem: DIR/model writes DIR/model.json, DIR/model.onnx, ... (default: the checkpoint's, beside "
+        "it: runs/model.pt -> runs/model)",
+    )
     p.add_argument(
         "--precision",
         choices=("fp32", "fp16"),
@@ -54,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--quiet", action="store_true", help="print only errors and the manifest path")
     return p
+
+
+def default_out(ckpt: str) -> str:
+    """--out when none is given: the bundle beside the checkpoint, under its stem (runs/model.pt -> runs/model),
+    named by its manifest so that a folder called like the stem is not taken for the bundle's folder."""
+    p = Path(ckpt)
+    return os.fspath(p.with_name(p.stem + ".json"))
 
 
 def _thresholds(args: argparse.Namespace) -> dict[str, float]:
@@ -98,8 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     problem = load_checkpoint(args.ckpt).config.streaming_problem  # before any CLIP load or file write
     if problem:
         raise UserError(f"{args.ckpt}: {problem}")
+    from .options import ExportOptions, resolve_stem
+
+    if args.out is not None:
+        out, what = args.out, "--out"
+        stem = resolve_stem(out)
+    else:
+        out, what = default_out(args.ckpt), "--out (default: beside --ckpt)"
+        try:
+            stem = resolve_stem(out)
+        except UserError:
+            raise UserError(f"--ckpt {args.ckpt}: its name ends like a bundle file's, so the bundle cannot be named "
+                            "after it; give --out DIR/model") from None  # fmt: skip
+    check_writable(stem, what)  # the bundle's files go beside the stem: before any CLIP load, gate or file write
     from .bundle import export_bundle
-    from .options import ExportOptions
 
     opts = ExportOptions(
         precision=args.precision,
@@ -123,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    path = export_bundle(args.ckpt, args.out, opts, log=log)
+    path = export_bundle(args.ckpt, out, opts, log=log)
 
     from ..bundle.manifest import load_manifest
 

@@ -65,4 +65,10 @@ def resolve_stem(out: str | os.PathLike) -> Path:
         p = p.with_name(p.name[: -len(SUFFIX)])
     if not p.name or p.name in (".", ".."):
         raise UserError(f"--out {out!r} does not name a bundle stem such as out/model")
+    from ..bundle.membership import bundle_manifest_for
+
+    if bundle_manifest_for(p.with_name(p.name + ".onnx")) != p.with_name(p.name + SUFFIX):
+        # out/model.head would write out/model.head.onnx, which stp-run reads as the head of bundle out/model
+        raise UserError(f"--out {out}: the stem {p.name!r} ends like a bundle file's name; name it e.g. "
+                        f"{p.parent / 'model'}")  # fmt: skip
     return p

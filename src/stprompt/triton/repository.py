@@ -27,6 +27,7 @@ from ..bundle.manifest import Manifest, load_manifest
 from ..bundle.serving import ENCODER_MODEL, TensorSpec, encoder_tensors, head_tensors, identity
 from ..engines.tensorrt import profile_shapes, trtexec_command
 from ..errors import UserError
+from ..fileio import check_writable
 
 # NGC release of the Triton image (and of the TensorRT image that builds plans for it: same yy.mm, same
 # TensorRT). 24.11 ships TensorRT 10.6 with CUDA 12.6.3 (Triton's release compatibility matrix,
@@ -314,10 +315,10 @@ def _write(manifest: Manifest, options: RepositoryOptions, root: Path, repo_name
 
 def write_repository(manifest_path: str | os.PathLike, out: str | os.PathLike, options: RepositoryOptions, *,
                      force: bool = False, log: Callable[[str], None] | None = None) -> Path:  # fmt: skip
-    """Write the repository `out` for the bundle `manifest_path` (every file's sha256 checked first); an existing
-    non-empty `out` is replaced only with `force`. `log` gets one line per model and the commands to run."""
+    """Write the repository `out` for the bundle `manifest_path` (`out` checked writable, then every file's sha256,
+    before anything is written); an existing non-empty `out` is replaced only with `force`. `log` gets one line per
+    model and the commands to run."""
     check_options(options)
-    manifest = load_manifest(manifest_path, verify=True)
     out = Path(out).resolve()
     if out == out.parent:
         raise UserError(f"--out {out}: name a repository folder, not the file system root")
@@ -325,9 +326,10 @@ def write_repository(manifest_path: str | os.PathLike, out: str | os.PathLike, o
         raise UserError(f"--out {out} is a file, not a repository folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty (--force replaces it)")
+    check_writable(out, "--out", folder=True)  # before the bundle's files are hashed
+    manifest = load_manifest(manifest_path, verify=True)
     head = options.head and manifest.has(HEAD_ROLE)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the repository is made beside --out and renamed into place
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as err:
         raise UserError(f"--out {out}: cannot write beside it: {err.strerror}") from None

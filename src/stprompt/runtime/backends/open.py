@@ -51,6 +51,8 @@ def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = Non
             "model.plan (TensorRT) or model.pt (PyTorch reference)"
         )
     if not path.is_file():
+        if suffix in TRT_SUFFIXES:
+            raise UserError(missing_plan(path, manifest))
         raise UserError(f"engine file not found: {path}")
     if max_batch is not None and max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {max_batch}")
@@ -91,6 +93,15 @@ def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = Non
         require_encoder_role(path, role, m)
         backend = TrtBackend(path, m, max_batch)
     return backend, m
+
+
+def missing_plan(path: Path, manifest: str | os.PathLike | None = None) -> str:
+    """Why a TensorRT plan named on the command line is absent: stp-export writes none (plans are specific to the
+    GPU and TensorRT version), so say how to build it, naming the bundle's model.json when it is there."""
+    mpath = manifest_path(manifest) if manifest is not None else bundle_manifest_for(path)
+    bundle = mpath if mpath.is_file() else "BUNDLE/model.json"
+    return (f"TensorRT plan not found: {path}; plans are built on the target GPU, not by stp-export: "
+            f"stp-build {bundle} (or let the container / stp-appliance build them on its first start)")  # fmt: skip
 
 
 def parity(a: Backend, b: Backend, images: np.ndarray, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, Any]:
