@@ -33,6 +33,22 @@ def write_video(path: Path, n_frames: int, size=(160, 120), seed: int = 0, blob:
     writer.release()
 
 
+SCORE_ROUNDING = 0.5e-4  # events carry scores and probabilities to 4 decimals (stprompt.runtime.events): half a unit
+
+
+def stable_ids(events: list[dict]) -> list[dict]:
+    """Events with each alarm id's random stream token replaced by its order of first appearance (`<0>:...`):
+    ids are unique across runs by design, so two runs over the same input compare equal only this way."""
+    tokens: dict[str, int] = {}
+    out = []
+    for e in events:
+        if "id" in e:
+            token, rest = e["id"].split(":", 1)
+            e = {**e, "id": f"<{tokens.setdefault(token, len(tokens))}>:{rest}"}
+        out.append(e)
+    return out
+
+
 def count_frames(path: Path) -> int:
     """Frames OpenCV decodes from a video file (an annotated output, a test input)."""
     cap = cv2.VideoCapture(str(path))

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import count_frames, write_video
+from conftest import SCORE_ROUNDING, count_frames, write_video
 
 from stprompt import evaluate, extract, train, windows
 from stprompt.export import cli as export_cli
@@ -52,10 +52,13 @@ def test_streamed_scores_equal_offline_scores(chain, tiny_dataset, tmp_path):
     frames = [e for e in read_events(events_path) if e["type"] == "frame"]
     offline = chain["pred"]["videos/test_5.mp4"]
     assert [e["frame"] for e in frames] == offline["frames"]
-    np.testing.assert_allclose([e["score"] for e in frames], offline["scores"], atol=1e-5)
-    np.testing.assert_allclose([e["score_c"] for e in frames], offline["scores_c"], atol=1e-5)
-    np.testing.assert_allclose([e["probs"] for e in frames], offline["probs"], atol=1e-5)
-    assert all(e["source"] == str(video) and e["class"] in ("normal", "Fighting") for e in frames)
+    # features agree to ~1e-5; events round to 4 decimals (stp-eval's predictions to 6): at most SCORE_ROUNDING more
+    np.testing.assert_allclose([e["score"] for e in frames], offline["scores"], atol=1e-5 + SCORE_ROUNDING)
+    np.testing.assert_allclose([e["score_c"] for e in frames], offline["scores_c"], atol=1e-5 + SCORE_ROUNDING)
+    assert all(list(e["probs"]) == ["normal", "Fighting"] for e in frames)  # by name, in the bundle's class order
+    probs = [list(e["probs"].values()) for e in frames]
+    np.testing.assert_allclose(probs, offline["probs"], atol=1e-5 + SCORE_ROUNDING)
+    assert all(e["source"] == str(video) and e["probs"][e["class"]] == max(e["probs"].values()) for e in frames)
 
 
 def test_runtime_features_equal_extracted_features(chain, tiny_dataset):
@@ -89,7 +92,7 @@ def test_two_sources_give_each_the_scores_it_gets_alone(chain, tiny_dataset, tmp
     for i, path in enumerate((a, b)):
         rel = f"videos/{path.name}"
         mine = [e["score"] for e in events if e["source"] == f"{i}:{path}"]
-        np.testing.assert_allclose(mine, chain["pred"][rel]["scores"], atol=1e-5)
+        np.testing.assert_allclose(mine, chain["pred"][rel]["scores"], atol=1e-5 + SCORE_ROUNDING)
 
 
 def test_alarms_bracket_anomalies_and_carry_boxes_and_video_is_written(chain, tiny_dataset, tmp_path):
@@ -100,7 +103,8 @@ def test_alarms_bracket_anomalies_and_carry_boxes_and_video_is_written(chain, ti
     assert run_cli.main(argv) == 0
     alarms = [e for e in read_events(events_path) if e["type"] == "alarm"]
     states = [e["state"] for e in alarms]
-    assert states[0] == "start" and states[-1] == "end" and set(states[1:-1]) <= {"ongoing"}
+    assert states[0] == "new" and states[-1] == "end" and set(states[1:-1]) <= {"update"}
+    assert len({e["id"] for e in alarms}) == 1
     for e in alarms[:-1]:
         for x1, y1, x2, y2, score in e["boxes"]:
             assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 120 and score >= 0.5
@@ -121,7 +125,7 @@ def test_python_api_feeds_frames_and_gets_the_same_events(chain, tiny_dataset):
         events += detector.feed(frame, source="cam")
     events += detector.finish("cam")
     scores = [e["score"] for e in events if e["type"] == "frame"]
-    np.testing.assert_allclose(scores, chain["pred"]["videos/test_5.mp4"]["scores"], atol=1e-5)
+    np.testing.assert_allclose(scores, chain["pred"]["videos/test_5.mp4"]["scores"], atol=1e-5 + SCORE_ROUNDING)
 
 
 def corrupt(tmp_path) -> str:
@@ -222,7 +226,7 @@ def test_readme_python_api_example_runs(chain, tiny_dataset, tmp_path, monkeypat
 
     exec(code, {"my_frames": my_frames, "handle": handled.append})
     scores = [e["score"] for e in handled if e["type"] == "frame"]
-    np.testing.assert_allclose(scores, chain["pred"]["videos/test_5.mp4"]["scores"], atol=1e-5)
+    np.testing.assert_allclose(scores, chain["pred"]["videos/test_5.mp4"]["scores"], atol=1e-5 + SCORE_ROUNDING)
 
 
 def test_a_live_stream_that_dropped_the_sampled_frames_samples_the_next_ones(chain, tiny_dataset):

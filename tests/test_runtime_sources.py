@@ -363,7 +363,7 @@ def test_a_camera_not_up_at_start_is_waited_for_and_then_read():
     src = live(plan, backoff=[0.01, 0.02])  # reconnect forever, the default
     assert src.state == "down" and src.size is None and src.fps == sources.DEFAULT_LIVE_FPS  # nominal until up
     (down,) = src.take_events()
-    assert down == {"type": "source", "source": "fake", "state": "down", "time": down["time"],
+    assert down == {"v": 1, "type": "source", "source": "fake", "state": "down", "time": down["time"],
                     "reason": down["reason"]} and 0 <= down["time"] < 1  # fmt: skip
     assert "fake stream did not open (RuntimeError: driver exploded)" in down["reason"]
     assert "reconnecting (waits 0.01-0.02 s)" in down["reason"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_video
+from conftest import SCORE_ROUNDING, write_video
 from test_runtime_pipeline import FileCamera
 from triton_server import TritonServer, free_port, missing_reason, python_backend_repository
 
@@ -121,7 +121,8 @@ def _frames(events: list[dict]) -> dict[int, float]:
 def _assert_same_scores(events: list[dict], reference: list[dict]) -> None:
     got, want = _frames(events), _frames(reference)
     assert sorted(got) == sorted(want) and len(want) >= 15
-    assert max(abs(got[k] - want[k]) for k in want) <= 1e-5
+    # scores agree to 1e-5; both runs' events round them to 4 decimals, which may split that by one more unit
+    assert max(abs(got[k] - want[k]) for k in want) <= 1e-5 + 2 * SCORE_ROUNDING
 
 
 def test_triton_run_equals_local_run(server, tiny_bundle, video, local_events, tmp_path, capsys):

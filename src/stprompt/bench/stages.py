@@ -21,6 +21,7 @@ import numpy as np
 from .. import windows
 from ..kernels.sa2 import sa2_step
 from ..runtime.detector import AlarmSettings, Detector, Sampled, Snippet
+from ..runtime.events import frame_event
 from ..runtime.frames import Frame
 from ..runtime.pipeline import Pipeline
 from ..runtime.sinks import JsonLinesSink, VideoSink
@@ -138,9 +139,8 @@ def time_sinks(manifest, frame: np.ndarray, out_dir: Path, **kw) -> Timing:
     h, w = frame.shape[:2]
     heat = np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w)
     boxes = np.array([[10, 10, w // 2, h // 2, 0.9]], np.float32)
-    event = {"type": "frame", "source": "bench", "frame": 0, "time": 0.0, "score": 0.7, "score_c": 0.7,
-             "class": manifest.classes[-1], "probs": [0.3] + [0.7 / (len(manifest.classes) - 1)] * (
-                 len(manifest.classes) - 1)}  # fmt: skip
+    rest = len(manifest.classes) - 1
+    event = frame_event("bench", 0, 0.0, 0.7, 0.7, manifest.classes, [0.3] + [0.7 / rest] * rest)
     snippet = Snippet("bench", event, frame, heat, boxes)
     events = JsonLinesSink(str(out_dir / "events.jsonl"))
     video = VideoSink(str(out_dir / "sinks.mp4"), 25.0, 0.5)

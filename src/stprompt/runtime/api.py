@@ -17,12 +17,16 @@ Or let stp-run's own pipeline read the sources (URIs, as stp-run takes them) and
         for event in pipeline:                              # or pipeline.run(); pipeline.stop() from elsewhere
             handle(event)
 
-Events are `{"type": "frame", "source", "frame", "time", "score", "score_c", "class", "probs"}` per snippet
-and `{"type": "alarm", "state": "start" | "ongoing" | "end", ..., "boxes": [[x1, y1, x2, y2, score], ...]}` (boxes on
-flagged snippets, score >= alarm-on, as stp-eval's; a tail snippet's `[]` comes with a `localization` note);
-a pipeline's live sources add `{"type": "source", "source", "state": "down" | "up", "reason", "time"}` per state
-change (they reconnect forever by default: `reconnect=N` gives up after N attempts, 0 never reconnects), and a
-Triton encoder (`triton=`) `{"type": "engine", "engine", "state": "down" | "up", "reason", "time"}`.
+Events follow one versioned JSON Schema shipped in the package (`stprompt.runtime.events.schema_path()`,
+schemas/events-1.json), `"v": 1` on each, their kind in `type`: per snippet `{"type": "frame", "source", "frame",
+"time", "score", "score_c", "class", "probs": {class name: probability}}`; per alarm a lifecycle in `state`,
+`new` -> `update`... -> `end`, under one `id`, with `start_frame`, `peak_score`, `peak_frame`, the class at the
+peak, `boxes` `[[x1, y1, x2, y2, score], ...]` of flagged snippets (score >= alarm-on, as stp-eval's; a tail
+snippet's `[]` comes with a `localization` note), `best_boxes` (the peak's) and at the end `end_frame`,
+`duration`. A pipeline's live sources add `{"type": "source", "source", "state": "down" | "up", "reason", "time"}`
+per state change (they reconnect forever by default: `reconnect=N` gives up after N attempts, 0 never
+reconnects), and a Triton encoder (`triton=`) `{"type": "engine", "engine", "state": "down" | "up", "reason",
+"time"}`.
 """
 
 from __future__ import annotations

@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..cliformat import HelpFormatter
-from ..errors import UserError, cli_entry, one_line
+from ..errors import UserError, cli_entry, inform, one_line
 from ..localize.heat import LocalizeSettings
 from .gating import LIVE_DEFAULT, REFRESH_DEFAULT
 from .pipeline import LIVE_LOOKAHEAD
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
     from .pipeline import Pipeline
     from .sinks import Output
 
@@ -120,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deadline of one encoder request to the Triton server, seconds")  # fmt: skip
     p.add_argument("--triton-in-flight", type=int, default=4, metavar="N",
                    help="encoder requests (one sampled frame's crops each) outstanding at once")  # fmt: skip
+    p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics and a health check at /healthz (200 once the "
+        "engine is loaded and a source delivered a frame, 503 before) for as long as stp-run runs; HOST defaults to "
+        "127.0.0.1 (0.0.0.0: every interface), port 0 picks a free one (printed). Needs pip install "
+        "'stprompt[metrics]'. README: Integrations, Prometheus",
+    )
     p.add_argument("--quiet", action="store_true", help="no status line and no summary (source state changes "
                    "and errors are still printed)")  # fmt: skip
     return p
@@ -169,6 +178,10 @@ def check_args(args: argparse.Namespace) -> None:
     _in_range(args.triton_in_flight, "--triton-in-flight", 1)
     if args.alarm_on is not None and args.alarm_off is not None and args.alarm_off > args.alarm_on:
         raise UserError(f"--alarm-off {args.alarm_off:g} must be <= --alarm-on {args.alarm_on:g}")
+    if args.metrics is not None:
+        from .metrics import parse_address
+
+        parse_address(args.metrics)
 
 
 def run_check(args, backend, manifest) -> int:
@@ -291,6 +304,28 @@ def stop_on_signals(pipeline: Pipeline) -> Iterator[list[int]]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
+    metrics = serve_metrics(args.metrics)
+    try:
+        return run(args, metrics)
+    finally:
+        if metrics is not None:  # the pipeline closes it too; here for a failure before the pipeline exists
+            metrics.close()
+
+
+def serve_metrics(address: str | None) -> Metrics | None:
+    """--metrics: the server listening before any work (a port in use or a missing prometheus-client is one line
+    and exit 2 before the engine loads), its address on one line."""
+    if address is None:
+        return None
+    from .metrics import Metrics
+
+    metrics = Metrics(address)
+    inform(f"metrics on {metrics.url}/metrics, health on {metrics.url}/healthz")
+    return metrics
+
+
+def run(args: argparse.Namespace, metrics: Metrics | None = None) -> int:
+    """The engine, then the --check comparison or the pipeline run; stp-run's exit status."""
     from .backends import open_backend
     from .backends.base import EncoderUnavailable
     from .pipeline import build_pipeline
@@ -306,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = build_pipeline(backend, manifest, args.sources, _outputs(args), lookahead=args.lookahead, alarm=alarm,
                               localize=loc, max_batch=args.max_batch, gate=args.gate,
                               gate_refresh=args.gate_refresh, status=Status(args.quiet),
-                              default_events="-", reconnect=args.reconnect)  # fmt: skip
+                              default_events="-", reconnect=args.reconnect, observer=metrics)  # fmt: skip
     with stop_on_signals(pipeline) as received:
         try:
             pipeline.run()

@@ -3,8 +3,9 @@
 sample one frame in `stride` -> resize + scale-A windows (`stprompt.windows`, the code stp-extract runs) ->
 one batched encoder call for the sampled frames of all streams -> SA2 kernel -> per-stream ring buffer ->
 head -> frame events
--> alarms (hysteresis) -> alarm events; a flagged snippet (score >= alarm-on, `localize.heat.flagged`, the rule
-stp-eval boxes by) also gets scale-B windows, heat map and boxes.
+-> alarms (hysteresis) -> alarm events (lifecycle new -> update... -> end under one id); a flagged snippet
+(score >= alarm-on, `localize.heat.flagged`, the rule stp-eval boxes by) also gets scale-B windows, heat map
+and boxes. Every event is built by `events` as the shipped schema (schemas/events-1.json) defines it.
 
 A snippet enters the head only once its `stride` frames have all been seen, as offline (the tail shorter
 than `stride` is dropped at the end of a stream), so streamed scores with exact lookahead equal stp-eval's.
@@ -25,6 +26,7 @@ from ..errors import UserError, first_line
 from ..kernels.boxes import extract_boxes
 from ..kernels.sa2 import sa2_step
 from ..localize.heat import LocalizeSettings, flagged, frame_heat
+from . import events as ev
 from .backends.base import EncoderUnavailable
 from .frames import Frame
 from .gating import REFRESH_DEFAULT, WindowGate
@@ -69,8 +71,9 @@ class StreamState:
     snippets: dict[int, Sampled] = field(default_factory=dict)  # pushed, not scored yet
     last_frame: int = -1
     next_sample: int = 0  # native index of the next frame to sample (set from the offset on first use)
-    alarm: bool = False
-    run: int = 0
+    alarm: ev.Alarm | None = None  # the alarm on, if any
+    run: int = 0  # consecutive snippets at or above alarm-on
+    token: str = field(default_factory=ev.stream_token)  # the random part of this stream's alarm ids
 
 
 @dataclass
@@ -172,8 +175,9 @@ class Detector:
         if state is None:
             return []
         events = self._emit(source, state, state.head.flush())
-        if state.alarm:
-            events.append(self._alarm_end(source, state, events))
+        if state.alarm is not None:
+            events.append(state.alarm.end("stream"))
+            state.alarm = None
         return events
 
     # -- internals ------------------------------------------------------------------------------------
@@ -249,64 +253,52 @@ class Detector:
         for r in results:
             s = state.snippets.pop(r.index)
             self.stats["snippets"] += 1
-            top = int(np.argmax(r.probs))
-            event = {
-                "type": "frame",
-                "source": sid,
-                "frame": s.frame_index,
-                "time": round(float(s.time), 4),
-                "score": r.score,
-                "score_c": r.score_c,
-                "class": self.classes[top],
-                "probs": [float(p) for p in r.probs],
-            }
+            event = ev.frame_event(sid, s.frame_index, s.time, r.score, r.score_c, self.classes, r.probs)
             events.append(event)
             snippet = Snippet(source=sid, event=event, image=s.image)
-            alarm_event = self._update_alarm(sid, state, r, s, event)
+            alarm_event = self._alarm_event(sid, state, r, s, snippet)
             if alarm_event is not None:
-                if alarm_event["state"] != "end":
-                    self._add_boxes(alarm_event, snippet, s, r.score)
                 events.append(alarm_event)
             if self.on_snippet is not None:
                 self.on_snippet(snippet)
         return events
 
-    def _update_alarm(self, sid, state: StreamState, r: SnippetResult, s: Sampled, event) -> dict | None:
-        base = {"type": "alarm", "source": sid, "frame": s.frame_index, "time": event["time"], "score": r.score}
-        if state.alarm:
-            if r.score < self.alarm.off:
-                state.alarm, state.run = False, 0
-                return {**base, "state": "end"}
-            return {**base, "state": "ongoing", "class": self._anomaly_class(r.probs)}
-        state.run = state.run + 1 if r.score >= self.alarm.on else 0
-        if state.run >= self.alarm.min_snippets:
-            state.alarm = True
+    def _alarm_event(self, sid: str, state: StreamState, r: SnippetResult, s: Sampled,
+                     snippet: Snippet) -> dict[str, Any] | None:  # fmt: skip
+        """Hysteresis: `new` after min_snippets at or above alarm-on, `update` while at or above alarm-off, `end`
+        at the first snippet below it; new and update carry this snippet's boxes."""
+        alarm = state.alarm
+        if alarm is not None and r.score < self.alarm.off:
+            state.alarm, state.run = None, 0
+            return alarm.end("score", s.frame_index, s.time, r.score)
+        if alarm is not None:
+            alarm.add(s.frame_index, s.time, r.score, self._anomaly_class(r.probs))
+            phase = "update"
+        else:
+            state.run = state.run + 1 if r.score >= self.alarm.on else 0
+            if state.run < self.alarm.min_snippets:
+                return None
+            alarm = state.alarm = ev.Alarm.start(state.token, sid, s.frame_index, s.time, r.score,
+                                                 self._anomaly_class(r.probs))  # fmt: skip
             self.stats["alarms"] += 1
-            return {**base, "state": "start", "class": self._anomaly_class(r.probs)}
-        return None
+            phase = "new"
+        rows, note = self._boxes(snippet, s, r.score)
+        alarm.located(s.frame_index, rows)
+        return alarm.event(phase, rows, note)
 
-    def _add_boxes(self, alarm_event: dict[str, Any], snippet: Snippet, s: Sampled, score: float) -> None:
-        """Boxes on a start / ongoing event iff its snippet is flagged, so they equal stp-eval's for that snippet.
+    def _boxes(self, snippet: Snippet, s: Sampled, score: float) -> tuple[list[list[float]], str | None]:
+        """Boxes of a new / update snippet iff it is flagged, so they equal stp-eval's for that snippet.
 
-        Otherwise (hysteresis tail, or a remote encoder gone for good) the event still goes out, with
-        `"boxes": []` and a `"localization"` note, so "no region found" (boxes [] without a note) stays distinct.
+        Otherwise (hysteresis tail, or a remote encoder gone for good) the event still goes out, with `[]` and a
+        `localization` note (the second item), so "no region found" (boxes [] without a note) stays distinct.
         """
         if not flagged(score, self.alarm.on):
-            alarm_event["boxes"] = []
-            alarm_event["localization"] = f"skipped: score below alarm-on ({self.alarm.on:g})"
-            return
+            return [], f"skipped: score below alarm-on ({self.alarm.on:g})"
         try:
             snippet.heat, snippet.boxes = self._locate(s)
-            alarm_event["boxes"] = np.round(snippet.boxes, 2).tolist()
         except EncoderUnavailable as err:  # a remote encoder gone for good: the score stands, no boxes
-            alarm_event["boxes"] = []
-            alarm_event["localization"] = f"skipped: {first_line(err)}"
-
-    def _alarm_end(self, sid: str, state: StreamState, events: list[dict]) -> dict[str, Any]:
-        last = next((e for e in reversed(events) if e["type"] == "frame"), None)
-        state.alarm = False
-        return {"type": "alarm", "source": sid, "state": "end", "frame": last["frame"] if last else state.last_frame,
-                "time": last["time"] if last else None, "score": last["score"] if last else None}  # fmt: skip
+            return [], f"skipped: {first_line(err)}"
+        return ev.boxes(snippet.boxes), None
 
     def _anomaly_class(self, probs: np.ndarray) -> str:
         return self.classes[1 + int(np.argmax(probs[1:]))]

@@ -45,6 +45,8 @@ LIVE_DEFAULT = 1.0
 # giving the smallest deviations where the bound mattered; at higher gates it helped most often (not always).
 REFRESH_DEFAULT = 4
 
+_SOURCE_KEYS = ("frames", "windows", "skipped")  # WindowGate.source_stats per source
+
 
 def _checked(threshold: float) -> float:
     if not threshold >= 0:  # also refuses NaN
@@ -72,6 +74,9 @@ class WindowGate:
         self.scale = scale
         self.streams: dict[str, _StreamCache] = {}
         self.stats = {"windows": 0, "skipped": 0, "refreshed": 0}
+        # per source, kept after its stream ends: `frames` (select() runs once per sampled frame, so these are the
+        # source's sampled frames), `windows` and `skipped` as in `stats` (stp-run --metrics labels them by source)
+        self.source_stats: dict[str, dict[str, int]] = {}
 
     def threshold_for(self, source: str) -> float:
         """The source's own threshold (e.g. live cameras vs files), else the default."""
@@ -106,8 +111,15 @@ class WindowGate:
             grid_mask = mask.reshape(self.scale.grid, self.scale.grid)
             self._tiles(cache.ref)[grid_mask] = self._tiles(small)[grid_mask]
             cache.pending.append(mask)
+        skipped = int(count - mask.sum())
         self.stats["windows"] += count
-        self.stats["skipped"] += int(count - mask.sum())
+        self.stats["skipped"] += skipped
+        own = self.source_stats.get(source)
+        if own is None:
+            own = self.source_stats[source] = dict.fromkeys(_SOURCE_KEYS, 0)
+        own["frames"] += 1
+        own["windows"] += count
+        own["skipped"] += skipped
         return mask
 
     def merge(self, source: str, mask: np.ndarray, encoded: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ stderr line each; a down ends that stream as an end of file does (a reconnect st
 tells per source how it ended. A remote encoder (Triton) reports its outages as `engine` events, written the
 moment they happen; while it is down the detector call waits (files wait, live sources drop frames), and when it
 stays down (its reconnect policy gave up) the run stops as at a stop, scores what was encoded and raises
-`EncoderUnavailable` at the end. Torch-free.
+`EncoderUnavailable` at the end. A `RunObserver` (stp-run --metrics: `metrics.Metrics`) watches the run from
+inside: frames as they are read and events as the sinks get them. Torch-free.
 """
 
 from __future__ import annotations
@@ -35,6 +36,30 @@ if TYPE_CHECKING:
 
 LIVE_WAIT_S = 0.02  # how long one live source may hold up the others in a round of reads
 QUIET_ROUNDS_S = 0.5  # while no live source gives a frame (all down), the status line is refreshed this often
+
+
+class RunObserver:
+    """Watches a Pipeline from inside (the Prometheus metrics, `metrics.Metrics`). Every method does nothing by
+    default. All but close() run on the thread running the pipeline, `frame` once per frame read: keep them quick.
+    """
+
+    def attach(self, pipeline: Pipeline) -> None:
+        """The pipeline it watches, once built (its engine is loaded, its sources open)."""
+
+    def started(self) -> None:
+        """The run starts reading."""
+
+    def frame(self, source: str, index: int) -> None:
+        """A frame of `source` (its id) was read; `index` is the frame's, as events name it."""
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        """Events the sinks just got: frame, alarm, source and engine events, in order."""
+
+    def ended(self) -> None:
+        """The run ended (every source ended, a stop, or an error); `Pipeline.stats` and `report()` are final."""
+
+    def close(self) -> None:
+        """Release what it holds (the metrics server stops); called once, by `Pipeline.close()` (or its `with`)."""
 
 
 # README's lookahead table (benchmarks/measure_lookahead.py): 8 snippets keep every score within 1e-4 of the exact
@@ -84,10 +109,11 @@ def build_pipeline(backend, manifest, sources: Sequence[str | Source], outputs: 
                    lookahead: int | str | None = "auto", alarm=None, localize=None, max_batch: int = 256,
                    gate: float | str = "auto", gate_refresh: int | None = None, status: Status | None = None,
                    default_events: str | None = None, on_frame: Callable[[str, Frame], None] | None = None,
-                   reconnect: int | None = None) -> Pipeline:  # fmt: skip
+                   reconnect: int | None = None, observer: RunObserver | None = None) -> Pipeline:  # fmt: skip
     """Sources (URIs or Source objects), outputs (URIs or Sinks), a Detector and the Pipeline over them: what
-    stp-run and `api.open_pipeline` both assemble. All or nothing: what was opened is closed when a part fails.
-    `gate_refresh`: re-encode gated windows at least every N sampled frames (None = `gating.REFRESH_DEFAULT`)."""
+    stp-run and `api.open_pipeline` both assemble. All or nothing: what was opened is closed when a part fails
+    (an `observer` too). `gate_refresh`: re-encode gated windows at least every N sampled frames (None =
+    `gating.REFRESH_DEFAULT`). `observer`: watches the run (stp-run --metrics), closed with the pipeline."""
     from .detector import AlarmSettings, Detector
     from .gating import REFRESH_DEFAULT
     from .sinks import OutputContext, check_outputs, open_outputs
@@ -96,7 +122,8 @@ def build_pipeline(backend, manifest, sources: Sequence[str | Source], outputs: 
     try:  # every output (a video's folder and encoder too) before a source is opened or an events file truncated
         check_outputs(outputs)
     except BaseException:
-        for given in (*sources, *outputs):  # Source and Sink objects handed in are ours to close, as below
+        # Source and Sink objects handed in are ours to close, as below, and so is the observer
+        for given in (*sources, *outputs, observer):
             if callable(getattr(given, "close", None)):
                 given.close()
         raise
@@ -111,12 +138,14 @@ def build_pipeline(backend, manifest, sources: Sequence[str | Source], outputs: 
                             alarm=alarm, localize=localize, max_batch=max_batch, gate=threshold,
                             gate_per_source=per_source,
                             gate_refresh=REFRESH_DEFAULT if gate_refresh is None else gate_refresh)  # fmt: skip
-        return Pipeline(detector, opened, sinks, status=status, on_frame=on_frame)
+        return Pipeline(detector, opened, sinks, status=status, on_frame=on_frame, observer=observer)
     except BaseException:
         for s in opened:
             s.close()
         for sink in sinks:
             sink.close()
+        if observer is not None:
+            observer.close()
         raise
 
 
@@ -126,7 +155,8 @@ class Pipeline:
     `run()` goes to the end of every source (or a stop) and returns the counters; iterating (`events()`) yields
     each event once the sinks have it. `on_frame(source_id, frame)` is called for every frame once the detector
     has processed it (stp-bench times the pipeline with it). `sampled_per_batch` defaults to what fills the
-    detector's max_batch; `max_frames` ends each source after that many frames.
+    detector's max_batch; `max_frames` ends each source after that many frames. `observer` (a RunObserver, e.g.
+    the metrics server) outlives the run: it is closed by close() or the `with` block, not when run() returns.
     """
 
     def __init__(
@@ -139,6 +169,7 @@ class Pipeline:
         on_frame: Callable[[str, Frame], None] | None = None,
         sampled_per_batch: int | None = None,
         max_frames: int | None = None,
+        observer: RunObserver | None = None,
     ):
         ids = [s.id for s in sources]
         if not ids:
@@ -175,6 +206,11 @@ class Pipeline:
         bind_run = getattr(detector.backend, "bind_run", None)  # a remote encoder's down / up events, and its waits
         if bind_run is not None:  # end when the run stops
             bind_run(self._engine_event, lambda: self._stop)
+        self.observer = observer
+        self._observer_closed = observer is None
+        self._close_asked = False  # close() came while the run was going: the observer closes at its release
+        if observer is not None:
+            observer.attach(self)
 
     # -- public ---------------------------------------------------------------------------------------
     @property
@@ -237,10 +273,12 @@ class Pipeline:
         releases by itself. Before a run, it only releases.
         """
         if self._released:
+            self._close_observer()
             return
         gen = self._run_gen
         state = inspect.getgeneratorstate(gen) if gen is not None else None  # type: ignore[arg-type]
         if state == inspect.GEN_RUNNING or (state == inspect.GEN_SUSPENDED and threading.get_ident() != self._owner):
+            self._close_asked = True
             self.stop()
             return
         if state == inspect.GEN_SUSPENDED:
@@ -248,6 +286,7 @@ class Pipeline:
             for _ in gen:  # type: ignore[union-attr] - the rest of the run: finish the streams, then release
                 pass
         self._release()
+        self._close_observer()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -260,6 +299,7 @@ class Pipeline:
         if gen is not None and inspect.getgeneratorstate(gen) == inspect.GEN_SUSPENDED:  # type: ignore[arg-type]
             gen.close()  # type: ignore[attr-defined]
         self._release()
+        self._close_observer()
 
     # -- the run --------------------------------------------------------------------------------------
     def _events(self, holder: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
@@ -268,6 +308,9 @@ class Pipeline:
         self._started = True
         self._run_gen, self._owner = holder[0], threading.get_ident()
         active = list(self.sources)
+        observer = self.observer
+        if observer is not None:
+            observer.started()
         try:
             while active and not self._stop:
                 chunk: list[tuple[str, Frame]] = []
@@ -293,6 +336,8 @@ class Pipeline:
                             continue
                         chunk.append((src.id, frame))
                         read += 1
+                        if observer is not None:
+                            observer.frame(src.id, frame.index)
                         sampled += is_sampled(frame.index, self.detector.stride, self.detector.offset)
                     if live and not chunk and time.perf_counter() - t0 >= QUIET_ROUNDS_S:
                         break  # no frame from any camera for a while (down, reconnecting): refresh the status line
@@ -331,6 +376,16 @@ class Pipeline:
             s.close()
         for sink in self.sinks:
             sink.close()
+        if self.observer is not None and self._started:
+            self.observer.ended()
+        if self._close_asked:
+            self._close_observer()
+
+    def _close_observer(self) -> None:
+        """Close the observer, once (the metrics server stops)."""
+        if not self._observer_closed:
+            self._observer_closed = True
+            self.observer.close()  # type: ignore[union-attr]
 
     # -- internals ------------------------------------------------------------------------------------
     def _changes_of(self, src: Source) -> list[tuple[Source, dict[str, Any]]]:
@@ -426,6 +481,8 @@ class Pipeline:
         for sink in self.sinks:
             sink.write(events)
         self.events_out += len(events)
+        if self.observer is not None and events:
+            self.observer.write(events)
         return events
 
     def _snippet(self, snippet: Snippet) -> None:

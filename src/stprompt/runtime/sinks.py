@@ -1,6 +1,7 @@
 """Where stp-run's results go: outputs named by URIs, as sources are (jetson-inference's videoOutput convention).
 
-- `events.jsonl` (any path ending .jsonl, .json or .ndjson) or `-` (stdout): the JSON Lines events
+- `events.jsonl` (any path ending .jsonl, .json or .ndjson) or `-` (stdout): the JSON Lines events, each object
+  as the shipped schema defines it (`events`, schemas/events-1.json)
 - a video path (.mp4, .avi, .mkv, .mov): the annotated sampled frames, one file per source when several (VideoSink:
   H.264 through PyAV in a container a hard kill leaves playable; OpenCV's mp4v where PyAV is missing)
 - `display://0`: a live window with the annotated frames (q or Esc stops the run)
@@ -118,7 +119,7 @@ class Sink:
         return None
 
     def write(self, events: list[dict[str, Any]]) -> None:
-        """A batch of events (frame and alarm), in the order the detector emitted them."""
+        """A batch of events (frame, alarm, source, engine: `events`' schema), in the order they were emitted."""
 
     def snippet(self, snippet: Snippet) -> None:
         """A scored snippet with its frame, and when alarmed its heat map and boxes."""
@@ -138,7 +139,8 @@ def annotate(snippet: Snippet, threshold: float, text: str) -> np.ndarray:
 
 
 class JsonLinesSink(Sink):
-    """One JSON object per line, flushed per batch: the file stays valid JSON Lines whenever the run stops."""
+    """One JSON object per line, the event as it came (schemas/events-1.json), flushed per batch: the file stays
+    valid JSON Lines whenever the run stops."""
 
     suffixes = (".jsonl", ".json", ".ndjson")
     names = ("-",)
@@ -437,7 +439,9 @@ class DisplaySink(Sink):
             cv2.destroyWindow(self.window)
 
 
-OUTPUTS: tuple[type[Sink], ...] = (JsonLinesSink, VideoSink, DisplaySink)  # a new kind of output: add it here
+from .mqtt import MqttSink  # noqa: E402 - it subclasses Sink (paho is imported when one opens)
+
+OUTPUTS: tuple[type[Sink], ...] = (JsonLinesSink, VideoSink, DisplaySink, MqttSink)  # a new kind of output: add it here
 
 
 def accepted_outputs() -> str:

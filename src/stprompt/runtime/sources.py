@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError, first_line, warn
+from .events import source_event
 from .frames import Frame  # the one Frame type; `from stprompt.runtime.sources import Frame` keeps working
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -277,8 +278,8 @@ class LiveSource(Source):
     the source ends with `error` set. `reconnect=0`: the first failed read ends the stream cleanly, as the end
     of a file.
 
-    Each state change is a `source` event, `{"type": "source", "source", "state": "up" | "down", "reason",
-    "time"}` (`time`: seconds since the source was opened, as the frames' times), handed out by
+    Each state change is a `source` event (`events.source_event`: `{"v": 1, "type": "source", "source", "state":
+    "up" | "down", "reason", "time"}`, `time`: seconds since the source was opened, as the frames'), handed out by
     `take_events()` once the frames read before it have been handed out; a source that gives up ends with one
     more `down` whose reason starts with "gave up". `stats["reconnects"]` counts the recoveries (frames
     flowing again). Frame indices count every frame decoded, so dropped frames and outages leave gaps.
@@ -359,8 +360,7 @@ class LiveSource(Source):
             self._cond.notify_all()
 
     def _change(self, state: str, reason: str) -> None:
-        event = {"type": "source", "source": self.id, "state": state, "reason": reason,
-                 "time": round(self._clock() - self._t0, 4)}  # fmt: skip
+        event = source_event(self.id, state, reason, self._clock() - self._t0)
         with self._cond:
             self.state = state
             self._events.append((self._index - 1, event))

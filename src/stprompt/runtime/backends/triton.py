@@ -31,6 +31,7 @@ from ...bundle.manifest import Manifest
 from ...bundle.ort import CPU, require_ort, resolve_providers
 from ...bundle.serving import ENCODER_MODEL, served_encoder_problems, served_role
 from ...errors import UserError, inform
+from ..events import engine_event
 from ..sources import BACKOFF_JITTER, DEFAULT_BACKOFF, reconnect_attempts
 from .base import BackendBase, EncoderUnavailable
 from .ort import OrtHeads
@@ -249,8 +250,7 @@ class TritonBackend(BackendBase):
             time.sleep(min(0.05, left))
 
     def _event(self, state: str, reason: str) -> None:
-        event = {"type": "engine", "engine": self.url, "state": state, "reason": reason,
-                 "time": round(self._clock() - self._t0, 4)}  # fmt: skip
+        event = engine_event(self.url, state, reason, self._clock() - self._t0)
         if self._emit is not None:
             self._emit(event)
         else:
