@@ -64,6 +64,31 @@ def test_paper_schedule_is_unchanged_for_ucf_crime_sized_data():
     assert train.plan_schedule(1, epochs=10, min_steps=40).steps == 40
     assert train.plan_schedule(26, min_steps=0).steps == 260
     assert train.plan_schedule(26, steps=7).steps == 7
+    # the small-set recipe raises the default minimum only: UCF-Crime is not a small set, explicit flags win
+    assert train.SMALL_SET <= 238  # ShanghaiTech's 238 training videos keep the paper's recipe too
+    small = train.plan_schedule(1, small=True)
+    assert small.steps == train.SMALL_SET_MIN_STEPS and "small-set recipe" in small.reason
+    assert train.plan_schedule(26, small=True).steps == train.SMALL_SET_MIN_STEPS
+    assert train.plan_schedule(1, epochs=10, small=True).steps == 10
+    assert train.plan_schedule(1, min_steps=30, small=True).steps == 30
+
+
+def test_clip_dropout_defaults_to_the_small_set_recipe_only_on_small_sets_with_sa2():
+    assert train.resolve_clip_dropout(None, 64, "sa2")[0] == train.SMALL_SET_CLIP_DROPOUT
+    assert train.resolve_clip_dropout(None, 64, "none")[0] == 0  # no x_AS: nothing would be left to learn from
+    assert train.resolve_clip_dropout(None, train.SMALL_SET, "sa2") == (0.0, "the paper's recipe")
+    assert train.resolve_clip_dropout(0.0, 64, "sa2")[0] == 0.0
+    assert train.resolve_clip_dropout(0.8, 1610, "sa2")[0] == 0.8
+
+
+def test_clip_dropout_zeroes_whole_videos_reproducibly():
+    x = torch.ones(64, 5, 3)
+    a = train.drop_clip(x, 0.5, seed=1, step=7)
+    kept = a.flatten(1).amax(dim=1)
+    assert set(kept.tolist()) == {0.0, 1.0} and 16 < kept.sum() < 48  # whole videos dropped, about half
+    assert torch.equal(a, train.drop_clip(x, 0.5, seed=1, step=7))  # --resume redraws the same
+    assert not torch.equal(a, train.drop_clip(x, 0.5, seed=1, step=8))
+    assert train.drop_clip(x, 0.0, seed=1, step=7) is x
 
 
 @pytest.mark.parametrize("n_normal,n_anomalous,batch", [(800, 810, 64), (175, 63, 64), (7, 5, 4), (0, 9, 4), (5, 0, 2)])
@@ -79,7 +104,8 @@ def test_a_large_set_trains_the_paper_schedule_and_a_small_one_the_minimum(store
     args = train.build_parser().parse_args([str(store), "--out", str(tmp_path / "big.pt"), "--quiet", "--threads", "1"])
     run = train.train(FeatureStore.open(store), args)
     assert run.step == len(run.losses["class"]) == 260
-    assert torch.load(tmp_path / "big.pt", weights_only=True)["epoch"] == 10
+    ck = torch.load(tmp_path / "big.pt", weights_only=True)
+    assert ck["epoch"] == 10 and ck["train_args"]["clip_dropout"] == 0.0  # the paper's recipe
 
     small = fake_train_set(24, 24, tiny_clip.dim, 4)
     monkeypatch.setattr(train, "load_train_set", lambda *a, **k: small)
@@ -87,6 +113,8 @@ def test_a_large_set_trains_the_paper_schedule_and_a_small_one_the_minimum(store
         [str(store), "--out", str(tmp_path / "small.pt"), "--quiet", "--threads", "1", "--min-steps", "30"]
     )
     assert train.train(FeatureStore.open(store), args).step == 30  # 10 epochs of 1 batch, raised to 30
+    ck = torch.load(tmp_path / "small.pt", weights_only=True)
+    assert ck["train_args"]["clip_dropout"] == train.SMALL_SET_CLIP_DROPOUT  # 48 videos: the small-set recipe
 
 
 def test_chance_warning_fires_when_the_features_cannot_tell_the_labels_apart(store, tmp_path, monkeypatch, capsys):
@@ -217,6 +245,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resume_continues_exactly(store, tmp_
         (["--steps", "0"], "--steps must be at least 1"),
         (["--min-steps", "-1"], "--min-steps must be at least 0"),
         (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+        (["--clip-dropout", "1"], "--clip-dropout must be in [0, 1)"),
         (["--save-every", "-2"], "--save-every must be at least 0"),
     ],
 )
