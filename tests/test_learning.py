@@ -6,10 +6,11 @@ Measured (seeds 0 and 1, these settings): SA2 on A-branch AUC 0.965 / 0.988, C-b
 SA2 off 0.498 / 0.481 (chance).
 
 The hard preset (every video also carries erratic normal objects that SA2 picks as readily as the anomaly, and
-the frame embedding drifts per video) is where the head can memorise its training videos. Measured with the
-default schedule (250 steps at batch 64, lr 1e-4, weight decay 0.01; benchmarks/measure_generalisation.py,
-seeds 0 / 1 / 2): SA2 on 0.655 / 0.668 / 0.690, off 0.483 / 0.511 / 0.510, gap 0.157 at least; no stp-train
-setting measured there lifts SA2 on past ~0.69 (benchmarks/results/generalisation-hard.json).
+the frame embedding drifts per video) is where the head can memorise its training videos: with the paper's
+recipe (250 steps at batch 64, lr 1e-4, weight decay 0.01, no clip dropout) SA2 on scores 0.671 +- 0.018 over
+seeds 0-2, and no other flag measured lifts it past ~0.69. stp-train's small-set recipe (below 200 training
+videos: --clip-dropout 0.5, at least 500 steps) is the default here; its measured AUC over seeds is in
+benchmarks/results/generalisation-hard.json (benchmarks/measure_generalisation.py --configs default).
 """
 
 import contextlib
@@ -26,8 +27,8 @@ from stprompt.errors import UserError
 from stprompt.model.sa2 import motion_magnitude
 
 TRAIN_ARGS = ["--epochs", "20", "--batch", "16", "--lr", "1e-3", "--quiet"]
-# stp-train's default schedule on a 64-video store, spelled out; one thread: much faster on a shared 2-core machine
-HARD_ARGS = ["--steps", "250", "--batch", "64", "--lr", "1e-4", "--weight-decay", "0.01", "--threads", "1", "--quiet"]
+# stp-train's defaults (on this 64-video store: the small-set recipe); one thread: much faster on a shared 2-core box
+HARD_ARGS = ["--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +61,14 @@ def test_full_model_finds_planted_anomalies_and_sa2_is_why(controlled, tmp_path)
     assert all(v >= 0.8 for v in with_sa2["per_class_auc"].values()), with_sa2["per_class_auc"]
 
 
-def test_hard_variant_sa2_still_lifts_the_anomaly_with_the_default_schedule(hard, tmp_path):
+def test_hard_variant_generalises_with_the_default_small_set_recipe(hard, tmp_path):
     with_sa2 = train_and_eval(hard, tmp_path / "sa2.pt", [], HARD_ARGS)
     without = train_and_eval(hard, tmp_path / "nosa2.pt", ["--no-sa2"], HARD_ARGS)
-    # seed 0 measured 0.655 / 0.483 (gap 0.172; the gap is 0.157-0.180 over seeds 0-2): margins for thread counts
-    assert with_sa2["auc"] >= 0.6, with_sa2
-    assert with_sa2["auc"] - without["auc"] >= 0.1, (with_sa2["auc"], without["auc"])
+    # measured over seeds 0-4 (generalisation-hard.json, "default", 500 steps): SA2 on 0.761 +- 0.019, min 0.739
+    # (seed 0: 0.775), gap to SA2 off 0.252, min 0.153. The paper's recipe reaches at most 0.69 on any seed, so
+    # this fails if the small-set recipe stops working.
+    assert with_sa2["auc"] >= 0.72, with_sa2
+    assert with_sa2["auc"] - without["auc"] >= 0.15, (with_sa2["auc"], without["auc"])
 
 
 def test_hard_preset_is_the_default_store_plus_erratic_normal_objects_and_drift(tmp_path):
