@@ -84,6 +84,9 @@ def run(features: Path, out: Path, flags: list[str], stages: tuple[int, ...], se
     from stprompt.checkpoint import load_checkpoint
 
     records = []
+    if not sa2 and "--clip-dropout" in flags:  # stp-train refuses clip dropout without x_AS: SA2 off trains without
+        at = flags.index("--clip-dropout")
+        flags = flags[:at] + flags[at + 2 :]
     for n in stages:
         argv = [str(features), "--out", str(out), "--steps", str(n), "--seed", str(seed), "--threads", str(threads),
                 "--quiet", *flags, *([] if sa2 else ["--no-sa2"])]  # fmt: skip

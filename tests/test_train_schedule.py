@@ -16,6 +16,7 @@ import torch
 from stprompt import train
 from stprompt.data.feature_synth import make_feature_dataset
 from stprompt.data.features import FeatureStore
+from stprompt.errors import UserError
 from stprompt.metrics import frame_auc
 from stprompt.model import losses
 
@@ -79,6 +80,9 @@ def test_clip_dropout_defaults_to_the_small_set_recipe_only_on_small_sets_with_s
     assert train.resolve_clip_dropout(None, train.SMALL_SET, "sa2") == (0.0, "the paper's recipe")
     assert train.resolve_clip_dropout(0.0, 64, "sa2")[0] == 0.0
     assert train.resolve_clip_dropout(0.8, 1610, "sa2")[0] == 0.8
+    assert train.resolve_clip_dropout(0.0, 64, "none")[0] == 0.0
+    with pytest.raises(UserError, match="--clip-dropout needs x_AS"):
+        train.resolve_clip_dropout(0.5, 64, "none")
 
 
 def test_clip_dropout_zeroes_whole_videos_reproducibly():

@@ -196,6 +196,9 @@ def resolve_clip_dropout(given: float | None, n_videos: int, spatial: str) -> tu
     """(--clip-dropout, why): as given, else the small-set recipe's on a small set with a spatial aggregation
     (without x_AS a dropped x_clip would leave the head nothing), else 0 as the paper trains."""
     if given is not None:
+        if given > 0 and spatial == "none":
+            raise UserError("--clip-dropout needs x_AS (--spatial other than none): without it a dropped frame "
+                            "embedding leaves the head no input")  # fmt: skip
         return given, "--clip-dropout"
     if n_videos < SMALL_SET and spatial != "none":
         return SMALL_SET_CLIP_DROPOUT, f"small-set recipe: {n_videos} < {SMALL_SET} training videos"
