@@ -1,13 +1,14 @@
 # syntax=docker/dockerfile:1
 # stprompt appliance image. On start, stp-appliance builds the TensorRT engines of the bundle mounted at /bundle
-# into /cache (or reuses them when their cache key matches, or falls back to ONNX Runtime without TensorRT or a GPU),
-# then execs stp-run with the container's arguments (with --triton URL among them nothing is built: the encoder runs
-# on that Triton server, tritonclient's gRPC client is in every target). Runtime dependencies only: no torch.
+# into /cache (or reuses them when their cache key matches; the CPU image builds the OpenVINO engine of its CPU
+# instead; without either it falls back to ONNX Runtime), then execs stp-run with the container's arguments (with
+# --triton URL among them nothing is built: the encoder runs on that Triton server, tritonclient's gRPC client is in
+# every target). Runtime dependencies only: no torch.
 #
 #   x86_64 + NVIDIA GPU (default)   docker build -t stprompt:gpu .
 #   Jetson Orin, JetPack 6.1 / 6.2  docker build -t stprompt:jetson --build-arg TARGET=jetson \
 #                                       --build-arg BASE_IMAGE=nvcr.io/nvidia/l4t-jetpack:r36.4.0 .
-#   CPU only (ONNX Runtime)         docker build -t stprompt:cpu --build-arg TARGET=cpu .
+#   CPU only (OpenVINO, ONNX Runtime) docker build -t stprompt:cpu --build-arg TARGET=cpu .
 #
 # BASE_IMAGE (TARGET=gpu and TARGET=jetson):
 #   nvcr.io/nvidia/tensorrt:24.11-py3   x86_64: TensorRT 10.6, CUDA 12.6, Ubuntu 22.04, Python 3.10 (default)
@@ -56,11 +57,14 @@ RUN python3 -m pip install --no-cache-dir \
         "numpy>=1.24,<2" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17" "cuda-python>=12.6,<13" \
         "tritonclient[grpc]>=2.40"
 
-# --- CPU only: stp-appliance falls back to ONNX Runtime (use the bundle's model.int8.onnx through stp-run for speed)
+# --- CPU only: stp-appliance builds the OpenVINO engine of the bundle for this CPU (bf16 where it has AMX or
+# AVX512_BF16; INT8 with STP_BUILD_ARGS="--int8 --calibrate /bundle/site.mp4") into /cache and runs it; ONNX Runtime
+# runs the heads, and the encoder too where OpenVINO cannot. NNCF (INT8 calibration on the target) brings scipy and
+# scikit-learn, not torch.
 FROM ${CPU_BASE_IMAGE} AS runtime-cpu
 RUN python3 -m pip install --no-cache-dir \
         "numpy>=1.24" "opencv-python-headless>=4.8" "numba>=0.59" "tqdm>=4.60" "av>=14" "onnxruntime>=1.17" \
-        "tritonclient[grpc]>=2.40"
+        "openvino>=2024.4" "nncf>=2.12" "tritonclient[grpc]>=2.40"
 
 # --- the appliance: the same on every target
 # DL3006 (tag the image) ignored: runtime-${TARGET} is one of the stages above, not a registry image.

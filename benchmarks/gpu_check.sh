@@ -9,6 +9,9 @@
 #
 # Results: RESULTS_DIR/gpu-tests-<gpu>.txt, bench-vitb16-<gpu>.json / .txt, gpu-check-<gpu>.log; with TensorRT
 # also trt-check-<gpu>.json (the parity report with its gate verdict) and bench-vitb16-trt-<gpu>.json / .txt.
+# GPU decode (nvdec:, PyNvVideoCodec) is tested by a `gpu` test where PyNvVideoCodec is installed (carry its wheel
+# in .whl/ too); the log says when it is not. The host side against the real GPU is benchmarks/gpu_host_check.sh
+# (its own device call).
 #
 # The project's lent GPU machine has PyTorch (CUDA), onnx, onnxruntime (CPU), numba, OpenCV and pytest, but not
 # open_clip and cannot reach a package index. Carry the missing wheels in .whl/ (git-ignored via
@@ -59,6 +62,9 @@ timeout 420 "$PY" -m stprompt.bench.cli --clip ViT-B-16:random \
     --backends torch-cuda-fp16,ort-fp32,torch-fp32,baseline --frames 64 --repeats 5 \
     --json "$RESULTS/bench-vitb16-$GPU.json" 2>>"$LOG" | tee "$RESULTS/bench-vitb16-$GPU.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if ! "$PY" -c "import PyNvVideoCodec" 2>/dev/null; then
+    echo "gpu_check: PyNvVideoCodec is not installed on this machine: GPU decode (nvdec:) was not tested" | tee -a "$LOG"
+fi
 # TensorRT, where this machine has it: a random-weights ViT-B-16 fp16 bundle, stp-build (strongly typed, from
 # model.fp16.onnx), stp-run --check of the plan against ONNX Runtime on that graph (the export's gates), and stp-bench
 # on the plan. Where TensorRT is absent the log says so and nothing else changes.

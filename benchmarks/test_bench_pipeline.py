@@ -55,3 +55,16 @@ def test_bench_bare_encoder_same_crops(benchmark, bundles, video, arch, file):
             backend.encode(c)
 
     benchmark.pedantic(encode_all, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("ms", [0.0, 16.0])
+def test_bench_host_four_streams_simulated_encoder(benchmark, bundles, video, ms):
+    """The host side on 4 concurrent streams against the simulated GPU encoder (stp-bench --streams 4): sim:0 is
+    the host ceiling, sim:16 a data-centre GPU's ViT-B/16 latency (stprompt.bench.host)."""
+    from stprompt.bench import host
+    from stprompt.runtime.backends.sim import open_simulated
+
+    backend = open_simulated(bundles["stp-tiny"] / "model.json", ms)
+    run = benchmark.pedantic(host.run_streams, args=(backend, backend.manifest, video, 4, FRAMES), rounds=3,
+                             warmup_rounds=1)  # fmt: skip
+    assert run["sampled"] == 4 * 4 and run["host_ms_per_sampled_frame"]["total"] > 0

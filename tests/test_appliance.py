@@ -130,6 +130,7 @@ def test_probe_with_tensorrt_but_no_gpu(monkeypatch):
 
 def test_no_tensorrt_falls_back_to_the_onnx_encoder(tiny_bundle, tmp_path, capsys, monkeypatch, no_exec):
     monkeypatch.setattr(appliance, "probe_tensorrt", lambda: "TensorRT is not installed")
+    monkeypatch.setattr(appliance, "probe_openvino", lambda: "OpenVINO is not installed")  # tests/test_openvino.py
     cache = tmp_path / "cache"
     with pytest.raises(Execed) as run:  # the bundle's folder is accepted as --bundle
         appliance.main(["--bundle", str(tiny_bundle.parent), "--cache", str(cache), "--", "video.mp4", "--quiet"])
@@ -137,7 +138,8 @@ def test_no_tensorrt_falls_back_to_the_onnx_encoder(tiny_bundle, tmp_path, capsy
     assert run.value.argv == [sys.executable, "-m", "stprompt.runtime.cli", "--engine", str(engine), "video.mp4",
                               "--quiet"]  # fmt: skip
     assert stderr_lines(capsys) == [
-        f"stp-appliance: fallback to ONNX Runtime: TensorRT is not installed; stp-run gets {engine}"
+        f"stp-appliance: fallback to ONNX Runtime: TensorRT is not installed; OpenVINO is not installed; stp-run gets "
+        f"{engine}"
     ]
     assert not cache.exists()  # nothing to build, nothing written
 
@@ -305,8 +307,10 @@ BLOCK_TORCH = textwrap.dedent(
     """
     import importlib.abc, os, sys
 
-    # what the image does not install: torch and everything only training and export need
+    # what the image does not install: torch and everything only training and export need (and, named in
+    # STP_TEST_BLOCK_MORE, what this test's image lacks besides)
     BLOCKED = {"torch", "torchvision", "open_clip", "onnx", "onnxscript", "sklearn", "matplotlib", "tensorrt"}
+    BLOCKED |= set(filter(None, os.environ.get("STP_TEST_BLOCK_MORE", "").split(",")))
     with open(os.environ["STP_TEST_BLOCK_LOG"], "a") as log:
         log.write(f"{os.getpid()}\\n")
 
@@ -322,8 +326,8 @@ BLOCK_TORCH = textwrap.dedent(
 
 
 def test_appliance_runs_an_onnx_bundle_without_torch(tiny_bundle, tmp_path):
-    """With only the image's packages importable (no torch, no onnx, no TensorRT), stp-appliance falls back to
-    ONNX Runtime and the stp-run it becomes streams a video to events."""
+    """With only the image's packages importable (no torch, no onnx, no TensorRT, no OpenVINO), stp-appliance falls
+    back to ONNX Runtime and the stp-run it becomes streams a video to events."""
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_TORCH)  # loaded again after the exec
     video = tmp_path / "gate.mp4"
@@ -336,15 +340,17 @@ def test_appliance_runs_an_onnx_bundle_without_torch(tiny_bundle, tmp_path):
         "PYTHONPATH": path,
         "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
         "STP_TEST_BLOCK_LOG": str(loads),
+        "STP_TEST_BLOCK_MORE": "openvino,nncf",
     }
     env.pop(appliance.ENV_BUNDLE, None)
     cmd = [sys.executable, "-m", "stprompt.appliance", "--bundle", str(tiny_bundle), "--cache", str(tmp_path / "c"),
            "--", str(video), "--events", str(events), "--quiet"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    onnx = tiny_bundle.with_name("model.onnx")
     assert proc.stderr.splitlines()[0] == (
-        "stp-appliance: fallback to ONNX Runtime: TensorRT is not installed; "
-        f"stp-run gets {tiny_bundle.with_name('model.onnx')}"
+        "stp-appliance: fallback to ONNX Runtime: TensorRT is not installed; OpenVINO is not installed (pip install "
+        f'"stprompt[openvino]"); stp-run gets {onnx}'
     )
     pids = loads.read_text().split()
     assert len(pids) == 2 and pids[0] == pids[1]  # stp-run replaced stp-appliance (exec, same pid), blocked too

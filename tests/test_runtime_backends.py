@@ -58,7 +58,7 @@ def ort_cpu(bundle):
 
 @pytest.mark.parametrize(
     "name", ["model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.head.onnx", "model.plan", "model.head.plan",
-             "model.engine", "model.pt"],
+             "model.engine", "model.xml", "model.int8.xml", "model.pt"],
 )  # fmt: skip
 def test_manifest_is_found_by_stem(name):
     assert bundle_manifest_for(Path("out") / name) == Path("out/model.json")

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -293,3 +294,59 @@ def test_check_applies_the_exports_gates(chain, tiny_dataset, capsys):
     assert json.loads(captured.out)["gate"]["passed"] is False
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "head outputs max abs" in err[0] and "model.json: gates" in err[0]
+
+
+def test_help_loads_no_numba_opencv_or_numpy():
+    """stp-run --help answers before the heavy libraries load (0.3 s quiet, over 1 s under load with them; issue 18
+    item 6): a fresh interpreter, so nothing another test imported counts."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from stprompt.runtime import cli\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):\n"
+        "    cli.main(['--help'])\n"
+        "assert buf.getvalue().startswith('usage: stp-run'), buf.getvalue()[:200]\n"
+        "print(sorted(m for m in ('numba', 'cv2', 'numpy', 'onnxruntime', 'torch') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_run_on_a_file_ends_with_one_summary_line(chain, tiny_dataset, tmp_path, capsys):
+    engine = str(chain["stem"]) + ".onnx"
+    argv = [str(tiny_dataset / "videos/test_5.mp4"), "--engine", engine, "--events", str(tmp_path / "e.jsonl")]
+    assert run_cli.main(argv) == 0
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").rsplit("\n", 1)[-1]
+    assert err.count("summary:") == 1 and last.startswith("stp-run: summary: ")
+    assert re.search(r"test_5\.mp4: 48 frames; ended; 6 snippets, \d+ alarms? in \d+\.\d s \(\d+\.\d frames/s\)$",
+                     last), last  # fmt: skip
+
+
+def test_the_cpu_encoder_gets_one_sampled_frame_per_call(chain):
+    """stp-run peaked at 1.05 GB with 256 crops a call on the CPU, 0.42 GB with one frame's (issue 18 item 6): the
+    default follows the backend; a GPU keeps its large calls."""
+    from types import SimpleNamespace
+
+    from stprompt.runtime.api import MAX_BATCH, default_max_batch, open_detector
+
+    detector = open_detector(str(chain["stem"]) + ".onnx")
+    per_frame = windows.crops_per_frame(pre=detector.preprocess)
+    assert detector.max_batch == per_frame == default_max_batch(detector.backend)
+    for name in ("tensorrt", "onnxruntime[CUDAExecutionProvider,CPUExecutionProvider]", "torch-cuda-fp16"):
+        assert default_max_batch(SimpleNamespace(name=name, preprocess=detector.preprocess)) == MAX_BATCH
+    assert default_max_batch(SimpleNamespace(name="torch-cpu-fp32", preprocess=detector.preprocess)) == per_frame
+
+
+def test_summary_lines_for_one_and_several_sources():
+    from stprompt.runtime.sinks import summary_lines
+
+    one = {"source": "a.mp4", "live": False, "frames": 96, "dropped": 0, "reconnects": 0, "end": "ended", "error": None}
+    cam = {**one, "source": "cam", "live": True, "frames": 50, "dropped": 3, "reconnects": 1}
+    stats = {"frames": 146, "snippets": 18, "alarms": 1}
+    assert summary_lines([one], {**stats, "frames": 96}, 4.0) == [
+        "summary: a.mp4: 96 frames; ended; 18 snippets, 1 alarm in 4.0 s (24.0 frames/s)"]  # fmt: skip
+    assert summary_lines([one, cam], stats, 2.0) == [
+        "summary: a.mp4: 96 frames; ended", "summary: cam: 50 frames, 1 reconnect, 3 dropped; ended",
+        "summary: 2 sources: 146 frames, 18 snippets, 1 alarm in 2.0 s (73.0 frames/s)"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""`stp-appliance`: the container entrypoint. Build or reuse the bundle's TensorRT engines, then become `stp-run`.
+"""`stp-appliance`: the container entrypoint. Build or reuse the bundle's engines, then become `stp-run`.
 
 On every start it decides, and says on one stderr line, one of:
 
@@ -6,10 +6,15 @@ On every start it decides, and says on one stderr line, one of:
 - `rebuild`  a cached plan's key no longer matches (new bundle, TensorRT version, GPU or build settings), or
              a rebuild was asked for (`--rebuild`, STP_REBUILD=1);
 - `reuse`    every plan's cache key and sha256 match: nothing is built;
-- `fallback` TensorRT is not importable or no GPU is visible: `stp-run` gets the bundle's ONNX encoder and
-             runs it with ONNX Runtime;
+- `fallback` neither TensorRT with a GPU nor OpenVINO is usable (or the default OpenVINO engine failed its gate):
+             `stp-run` gets the bundle's ONNX encoder and runs it with ONNX Runtime;
 - `remote`   stp-run's arguments carry `--triton URL`: the encoder runs on that Triton server, so nothing is
              built; `stp-run` gets the bundle's model.onnx to name the bundle (its heads run here).
+
+Without TensorRT or a visible GPU (the CPU image), or with `--build-args --openvino`, the same three decisions
+are made for the OpenVINO engine of this CPU (`stp-build --openvino`: model.xml, bf16 where the CPU has it; with
+`--build-args "--int8 --calibrate VIDEO"`, model.int8.xml calibrated on the site's footage), keyed by
+`stprompt.bundle.openvino_keys`; `stp-run` then gets that .xml.
 
 The cache keys are the bundle room's (`stprompt.bundle.engine_keys`: `expected_key`, `plan_is_current`) and the
 builder is `stp-build`'s (`stprompt.engines.tensorrt.build_bundle_engines`), so a plan the appliance reuses is
@@ -165,15 +170,85 @@ def _previous_engines(work: Path) -> dict[str, Any]:
     }
 
 
-def _build_options(build_args: Sequence[str], manifest: Path) -> tuple[bool, bool, dict[str, Any]]:
-    """(force, quiet, overrides) from stp-build flags, parsed by stp-build's own parser."""
+def _build_options(build_args: Sequence[str], manifest: Path) -> tuple[bool, bool, dict[str, Any], argparse.Namespace]:
+    """(force, quiet, TensorRT overrides, all parsed flags) from stp-build flags, parsed by stp-build's own parser."""
     from .engines import build_cli
 
     parser = build_cli.build_parser()
     parser.prog = f"{PROG} --build-args"
     args = parser.parse_args([os.fspath(manifest), *build_args])
-    names = ("max_batch", "opt_batch", "max_window", "opt_window", "workspace_gb")
-    return args.force, args.quiet, {name: getattr(args, name) for name in names}
+    return args.force, args.quiet, {name: getattr(args, name) for name in build_cli.TRT_SETTINGS}, args
+
+
+def probe_openvino() -> tuple[str, dict[str, Any]] | str:
+    """(OpenVINO version, CPU target) engines are built for here, or why OpenVINO cannot be used."""
+    from .engines import openvino as ov_engines
+
+    if not ov_engines.openvino_available():
+        return f"OpenVINO is not installed ({ov_engines.OPENVINO_MISSING.split(': ', 1)[1]})"
+    try:
+        return ov_engines.target()
+    except Exception as err:  # noqa: BLE001 - a broken install or an unsupported CPU means: fall back
+        return f"OpenVINO does not load ({first_line(err)})"
+
+
+def _work_manifest(source: Manifest, cache: str | os.PathLike | None) -> Path:
+    """The manifest engines are recorded in: the bundle's own without a cache, else its staged copy in `cache`."""
+    if cache is None or Path(cache).resolve() == source.root:
+        check_writable(source.path, "bundle", hint="engines are built beside it without a cache: give a writable "
+                       "cache folder for them, --cache DIR")  # fmt: skip
+        return source.path
+    return stage_bundle(source, Path(cache))
+
+
+def prepare_openvino(source: Manifest, cache: str | os.PathLike | None, parsed: argparse.Namespace, force: bool,
+                     no_trt: str, log: Callable[[str], None]) -> Decision:  # fmt: skip
+    """TensorRT is out (`no_trt` says why, or --openvino asked): build, rebuild or reuse the OpenVINO engine; with
+    no OpenVINO, or a default bf16 engine that fails its gate, fall back to ONNX Runtime (one line each)."""
+    from .bundle import openvino_keys
+    from .engines import build_cli
+    from .engines import openvino as ov_engines
+
+    explicit = parsed.openvino or parsed.int8  # asked for: a missing OpenVINO or a failed gate is an error
+    target = probe_openvino()
+    if isinstance(target, str):
+        if explicit:
+            raise UserError(f"--build-args asks for OpenVINO: {target}")
+        return _fallback(source, f"{no_trt}; {target}", log)
+    opts = build_cli.openvino_options(parsed, implied=True)
+    work_file = _work_manifest(source, cache)
+    work = load_manifest(work_file, verify=False)  # the files behind it were verified by the caller
+    job = ov_engines.plan_job(work, opts, *target)
+    xml = openvino_keys.ir_path(work, job.role)
+    where = f"OpenVINO {ov_engines.short_version(job.openvino)}, CPU {job.precision}; {no_trt}"
+    if not force and openvino_keys.ir_is_current(work, job.role, job.key):
+        message = f"{PROG}: reuse: {xml} matches this bundle ({where}; key {job.key[:12]})"
+        log(message)
+        return Decision("reuse", xml, message)
+    if force:
+        action, why = "rebuild", "asked for (--rebuild, STP_REBUILD=1 or --build-args --force)"
+    elif xml.is_file():
+        action, why = "rebuild", f"the cached {xml.name} does not match (bundle, OpenVINO, CPU or settings)"
+    else:
+        action, why = "build", f"no {xml.name} for this bundle yet (first start)"
+    message = f"{PROG}: {action}: {why}; building into {work.root} ({where})"
+    log(message)
+    quiet = parsed.quiet
+    try:
+        ov_engines.build_openvino_engine(work_file, opts, force=force, log=(lambda _m: None) if quiet else log,
+                                         progress=not quiet)  # fmt: skip
+    except UserError as err:
+        if explicit:
+            raise
+        return _fallback(source, f"the OpenVINO engine was not built: {err}", log)
+    return Decision(action, xml, message)
+
+
+def _fallback(source: Manifest, why: str, log: Callable[[str], None]) -> Decision:
+    engine = source.file("encoder")
+    message = f"{PROG}: fallback to ONNX Runtime: {why}; stp-run gets {engine}"
+    log(message)
+    return Decision("fallback", engine, message)
 
 
 def prepare_engine(
@@ -192,21 +267,15 @@ def prepare_engine(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     manifest_file = find_manifest(bundle)
     source = load_manifest(manifest_file)  # a missing or modified bundle file is refused here, by name
-    force, quiet, overrides = _build_options(build_args, manifest_file)
+    force, quiet, overrides, parsed = _build_options(build_args, manifest_file)
     force = force or rebuild
-    target = probe_tensorrt()
+    target = "--openvino asked for" if parsed.openvino else probe_tensorrt()
     if isinstance(target, str):
-        engine = source.file("encoder")
-        message = f"{PROG}: fallback to ONNX Runtime: {target}; stp-run gets {engine}"
-        log(message)
-        return Decision("fallback", engine, message)
+        return prepare_openvino(source, cache, parsed, force, target, log)
+    from .engines.build_cli import openvino_options
 
-    if cache is None or Path(cache).resolve() == source.root:
-        check_writable(source.path, "bundle", hint="plans are built beside it without a cache: give a writable cache "
-                       "folder for them, --cache DIR")  # fmt: skip
-        work_file = source.path
-    else:
-        work_file = stage_bundle(source, Path(cache))
+    openvino_options(parsed)  # OpenVINO flags without --openvino on a TensorRT machine: one line, not ignored
+    work_file = _work_manifest(source, cache)
     work = load_manifest(work_file, verify=False)  # the files behind it were verified above
     settings = engine_keys.BuildSettings.from_manifest(work, **overrides)
     roles = [job.role for job in engine_keys.engine_jobs(work, settings)]
@@ -244,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
         usage=f"{PROG} [-h] [--bundle BUNDLE] [--cache CACHE] [--rebuild] [--build-args ARGS] [--] STP_RUN_ARG ...",
         description=(
             "Container entrypoint: build the TensorRT engines of a bundle on this device, or reuse them when their "
-            "cache key matches, or fall back to ONNX Runtime when TensorRT or the GPU is missing (one line on "
-            "stderr says which); then exec stp-run --engine <that engine> with the remaining arguments, unchanged. "
+            "cache key matches; without TensorRT or a GPU, the OpenVINO engine of this CPU likewise; without either, "
+            "fall back to ONNX Runtime (one line on stderr says which); then exec stp-run --engine <that engine> "
+            "with the remaining arguments, unchanged. "
             "Appliance options come first; the first other argument (or --) starts stp-run's."
         ),
         allow_abbrev=False,

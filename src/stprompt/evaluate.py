@@ -113,30 +113,97 @@ def summarize(preds: list[VideoPrediction], classes: list[str], stride: int) -> 
     }
 
 
-def plot_predictions(preds: list[VideoPrediction], stride: int, out_dir: Path) -> None:
-    """One PNG per video: both branches' scores over native frames, ground truth shaded."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _truth_caption(video: Video) -> str:
+    return "normal video" if not video.is_anomalous else f"anomalous: {', '.join(video.labels)}"
+
+
+def score_figure(p: VideoPrediction, stride: int, threshold: float = 0.5):
+    """A video's score plot that reads on its own: both branches' scores over native frames, the ground-truth
+    anomalous frames shaded and the alarm threshold drawn, every mark named in the legend, both axes labelled."""
+    from matplotlib.patches import Patch
+
+    n = len(p.scores) * stride
+    fig, ax = _pyplot().subplots(figsize=(8, 3.2), dpi=100)
+    for start, end in p.video.anomalies:
+        ax.axvspan(start, min(end, n), color="tab:red", alpha=0.15, lw=0)
+    x = np.arange(n)
+    ax.plot(x, snippet_to_frames(p.scores, stride), color="tab:blue", label="score (A-branch: 1 - P(normal))")
+    ax.plot(x, snippet_to_frames(p.scores_c, stride), color="tab:orange", alpha=0.8,
+            label="C-branch (anomaly probability)")  # fmt: skip
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"alarm threshold {threshold:g}")
+    truth = "ground truth: anomalous frames" + ("" if p.video.anomalies else " (none)")
+    handles = [*ax.get_legend_handles_labels()[0], Patch(color="tab:red", alpha=0.15, label=truth)]
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, max(n - 1, 1))
+    ax.set_xlabel("frame")
+    ax.set_ylabel("anomaly score")
+    ax.set_title(f"{p.video.path} ({_truth_caption(p.video)})", fontsize=10)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+def plot_predictions(preds: list[VideoPrediction], stride: int, out_dir: Path, threshold: float = 0.5) -> None:
+    """One `score_figure` PNG per video."""
+    plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     for p in preds:
-        n = len(p.scores) * stride
-        fig, ax = plt.subplots(figsize=(8, 2.6), dpi=100)
-        for start, end in p.video.anomalies:
-            ax.axvspan(start, min(end, n), color="tab:red", alpha=0.15, lw=0)
-        x = np.arange(n)
-        ax.plot(x, snippet_to_frames(p.scores, stride), label="score (A-branch)", color="tab:blue")
-        ax.plot(x, snippet_to_frames(p.scores_c, stride), label="C-branch", color="tab:orange", alpha=0.7)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(0, max(n - 1, 1))
-        ax.set_xlabel("frame")
-        ax.set_title(f"{p.video.path} ({', '.join(p.video.labels)})", fontsize=9)
-        ax.legend(loc="upper right", fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / f"{p.video.id}.png")
+        fig = score_figure(p, stride, threshold)
+        fig.savefig(out_dir / f"{p.video.id}.png", bbox_inches="tight")
         plt.close(fig)
+
+
+def heat_colour_key():
+    """The heat overlay's colours as a matplotlib colour map: draw.HEAT_COLORMAP's colours (turbo), each at the
+    opacity the overlay gives that heat, so the colour bar beside a frame shows what the frame shows."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    from .draw import HEAT_ALPHA
+
+    rgba = colormaps["turbo"](np.linspace(0, 1, 256))
+    rgba[:, 3] = HEAT_ALPHA * np.linspace(0, 1, 256)
+    return ListedColormap(rgba, name="stp-heat")
+
+
+def frame_figure(image_bgr: np.ndarray, title: str, truth, predicted, no_prediction: str):
+    """A localization frame a person can read: `title` above, ground-truth boxes (green) and predicted boxes (red,
+    with their scores) on the heat-overlaid frame, a legend naming both (`no_prediction` says why there is no red
+    box), and the heat's colour key."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    h, w = image_bgr.shape[:2]
+    fig, ax = _pyplot().subplots(figsize=(4.2 * w / h + 1.6, 4.9), dpi=100)
+    ax.imshow(image_bgr[..., ::-1])
+    ax.set_axis_off()
+    for colour, boxes in (("#00c800", truth), ("red", predicted)):
+        for b in boxes:
+            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor=colour, lw=2))
+            if colour == "red" and len(b) > 4:
+                inside = b[1] < 0.06 * h  # a box at the top edge: its score inside it, clear of the title
+                plate = {"facecolor": "red", "edgecolor": "none", "pad": 1}
+                ax.text(b[0] + 2, b[1] + 2 if inside else b[1] - 2, f"{b[4]:.2f}", color="white", fontsize=8,
+                        va="top" if inside else "bottom", bbox=plate)  # fmt: skip
+    handles = [
+        Line2D([], [], color="#00c800", lw=2, label="ground truth box" + ("" if len(truth) else " (none here)")),
+        Line2D([], [], color="red", lw=2, label="predicted box (score)" if len(predicted) else no_prediction),
+    ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=1, fontsize=8, frameon=False)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), heat_colour_key()), ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label("heat: P(abnormal queries); opacity follows it", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,13 +317,23 @@ def run_localization(args: argparse.Namespace, ckpt, store: FeatureStore, preds:
 
 
 def plot_localization(
-    store: FeatureStore, preds: list[VideoPrediction], located, queries, settings, per_video: int, out_dir: Path
+    store: FeatureStore,
+    preds: list[VideoPrediction],
+    located,
+    queries,
+    settings,
+    per_video: int,
+    out_dir: Path,
+    threshold: float = 0.5,
 ) -> None:
-    """Heat overlay, predicted (red) and ground-truth (green) boxes on sampled frames of each video."""
+    """Sampled frames of each video (those with ground-truth boxes first, else alarmed ones): the heat overlay,
+    predicted (red) and ground-truth (green) boxes, a title, a legend and the heat's colour key."""
     import cv2
 
-    from .draw import GREEN, RED, draw_boxes, overlay_heat
+    from .draw import overlay_heat
     from .localize.heat import frame_heat
+
+    plt = _pyplot()
 
     root = store.index.get("dataset")
     if not root or not Path(root).is_dir():
@@ -281,10 +358,15 @@ def plot_localization(
                 arrays["x_patch"][k], arrays.get("x_patch_b", [None] * (k + 1))[k], queries.embeddings,
                 queries.abnormal, w, h, settings,
             )  # fmt: skip
-            img = overlay_heat(frame, heat)
-            draw_boxes(img, p.video.boxes.get(frame_index, []), GREEN, label_scores=False)
-            draw_boxes(img, vb.boxes.get(k, []), RED)
-            cv2.imwrite(str(out_dir / f"{p.video.id}_f{frame_index:06d}.png"), img)
+            score = float(p.scores[k])
+            title = (f"{p.video.path} ({_truth_caption(p.video)})\nframe {frame_index}: score {score:.2f}, alarm "
+                     f"threshold {threshold:g}; heat {heat.min():.2f} to {heat.max():.2f} here")  # fmt: skip
+            why = ("predicted box: none (score below the alarm threshold)" if score < threshold
+                   else "predicted box: none (no heat above --heat-threshold)")  # fmt: skip
+            fig = frame_figure(overlay_heat(frame, heat), title, p.video.boxes.get(frame_index, []),
+                               vb.boxes.get(k, []), why)  # fmt: skip
+            fig.savefig(out_dir / f"{p.video.id}_f{frame_index:06d}.png", bbox_inches="tight")
+            plt.close(fig)
         cap.release()
 
 
@@ -328,9 +410,10 @@ def evaluate(args: argparse.Namespace) -> dict:
             out[p.video.path] = entry
         atomic_write_json(args.predictions, out)
     if args.plots:
-        plot_predictions(preds, store.stride, Path(args.plots))
+        plot_predictions(preds, store.stride, Path(args.plots), args.alarm_threshold)
         if located:
-            plot_localization(store, preds, located, queries, settings, args.plot_frames, Path(args.plots))
+            plot_localization(store, preds, located, queries, settings, args.plot_frames, Path(args.plots),
+                              args.alarm_threshold)  # fmt: skip
     return result
 
 

@@ -37,3 +37,18 @@ def random_bundle(clip_spec: str, out_dir: Path, int8: bool = False, fp16: bool 
     opts = ExportOptions(precision="fp16" if fp16 else "fp32", int8_cpu=int8, probe_frames=1)
     log(f"stp-bench: exporting a random-weights {clip_spec} bundle to {out_dir} (stp-export{' --int8-cpu' * int8})")
     return export_bundle(out_dir / "model.pt", out_dir / "model", opts, log=lambda _msg: None)
+
+
+def openvino_engines(manifest: Path, wanted: set[str], log=print) -> None:
+    """The OpenVINO engines a --clip run wants, built as `stp-build --openvino [--int8]` builds them (INT8 calibrated
+    on the probe scene); none where OpenVINO (or, for INT8, NNCF) is not installed: those backends are then skipped."""
+    import importlib.util
+
+    from ..engines.openvino import OpenVinoOptions, build_openvino_engine, openvino_available
+
+    if not openvino_available():
+        return
+    for name, int8 in (("openvino-bf16", False), ("openvino-int8", True)):
+        if name in wanted and (not int8 or importlib.util.find_spec("nncf") is not None):
+            log(f"stp-bench: building the {name} engine (stp-build --openvino{' --int8' * int8})")
+            build_openvino_engine(manifest, OpenVinoOptions(int8=int8), log=lambda _msg: None, progress=False)

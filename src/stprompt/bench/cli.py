@@ -4,6 +4,7 @@
     stp-bench --engine bundle/model.onnx --json r.json   # a given bundle file
     stp-bench --engine bundle/model.json --backends ort-fp32,ort-int8,torch-bf16,baseline
     stp-bench --engine bundle/model.onnx --triton grpc://gpu-box:8001 --streams 1,2,4,8   # a Triton server's capacity
+    stp-bench --engine bundle/model.json --backends sim:16,sim:125 --streams 4   # the host against a simulated GPU
 
 What is timed is printed beside every number and stored in the JSON (see `stprompt.bench.stages`).
 """
@@ -20,10 +21,16 @@ from typing import Any
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry
 from ..fileio import atomic_write_text, check_writable
+from ..runtime.backends.sim import parse_sim
+from .accuracy import render as accuracy_lines
+from .host import render as host_lines
 
-BACKENDS = ("ort-fp32", "ort-fp16", "ort-int8", "trt", "torch-fp32", "torch-bf16", "torch-cuda-fp16", "baseline")
+BACKENDS = ("ort-fp32", "ort-fp16", "ort-int8", "openvino-bf16", "openvino-int8", "trt", "torch-fp32", "torch-bf16",
+            "torch-cuda-fp16", "baseline")  # fmt: skip
 _FILES = {"ort-fp32": "model.onnx", "ort-fp16": "model.fp16.onnx", "ort-int8": "model.int8.onnx", "trt": "model.plan",
+          "openvino-bf16": "model.xml", "openvino-int8": "model.int8.xml",
           "torch-fp32": "model.pt", "torch-bf16": "model.pt", "torch-cuda-fp16": "model.pt"}  # fmt: skip
+_BUILT = {"trt": "stp-build", "openvino-bf16": "stp-build --openvino", "openvino-int8": "stp-build --openvino --int8"}
 _TORCH = {"torch-fp32": ("cpu", "fp32"), "torch-bf16": ("cpu", "bf16"), "torch-cuda-fp16": ("cuda", "fp16")}
 
 
@@ -38,15 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--engine", help="a bundle file (model.json, .onnx, .plan, .pt): measure that bundle")
     src.add_argument("--clip", metavar="SPEC", help="no bundle: export a random-weights bundle of this CLIP (e.g. "
                      "ViT-B-16:random) to a temporary folder (or --keep) and measure it")  # fmt: skip
-    p.add_argument("--backends", default="auto", help=f"comma separated from {', '.join(BACKENDS)}; 'auto': "
+    p.add_argument("--backends", default="auto", help=f"comma separated from {', '.join(BACKENDS)}, sim:MS; 'auto': "
                    "with --engine, that file's backend and the baseline; with --clip, every backend this machine "
-                   "has")  # fmt: skip
+                   "has. sim:MS is a simulated GPU encoder for pipeline measurements only: each call holds MS ms per "
+                   "50 crops without using the CPU, fixed embeddings, the bundle's real heads (sim:16 ~ a data-centre "
+                   "GPU, sim:125 ~ an embedded one, ViT-B/16 FP16); sim:MS:device cuts the windows on the device "
+                   "(as the PyTorch CUDA backend) instead of the host (as TensorRT and ONNX Runtime)")  # fmt: skip
     p.add_argument("--providers", help="ONNX Runtime providers for the ort-* backends (default CPU)")
     p.add_argument("--keep", metavar="DIR", help="with --clip: write the bundle here and keep it (reuse: --engine)")
     p.add_argument("--frames", type=int, default=48, help="video frames for the end-to-end run (stride 16: 3 sampled)")
     p.add_argument("--size", default="640x360", help="test video frame size WxH")
+    p.add_argument("--video", metavar="FILE", help="time decode and the end-to-end runs on this video instead of the "
+                   "generated test video (its own size; decode cost depends on the content and codec)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before each stage")
     p.add_argument("--repeats", type=int, default=3, help="least timed calls per stage (fast stages run >= 0.5 s)")
+    p.add_argument("--turns", type=int, default=1, help="N > 1: time the encode stage of every backend in N rounds "
+                   "taking turns (all open at once; --repeats calls each per round), so a machine whose speed drifts "
+                   "slows every backend alike")  # fmt: skip
     p.add_argument("--gate", type=float, default=0.0, help="motion gating threshold for the end-to-end run")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOPs table (needs open_clip for the config)")
     p.add_argument("--json", metavar="FILE", help="write the full results here (atomically)")
@@ -56,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needs --engine naming the bundle's model.onnx; the other measurements are not run). Does "
                    "not wait for the server: unreachable at the start or during the run ends stp-bench with one "
                    "line")  # fmt: skip
-    t.add_argument("--streams", default="1,2,4,8", help="with --triton: concurrency levels, a comma separated list "
-                   "or a maximum N (1,2,4..N); each stream is a thread with its own gRPC client")  # fmt: skip
+    t.add_argument("--streams", help="without --triton: run the end-to-end pipeline on N concurrent streams of the "
+                   "test video (--frames each) and measure the host: CPU per stage per sampled frame, the host "
+                   "ceiling (instant encoder, sim:0) and the cores 150 streams need. With --triton: concurrency "
+                   "levels, a comma separated list or a maximum N (1,2,4..N; default 1,2,4,8); each stream is a "
+                   "thread with its own gRPC client")  # fmt: skip
     t.add_argument("--duration", type=float, default=10.0, help="with --triton: timed seconds per level (after "
                    "--warmup untimed calls per stream)")  # fmt: skip
     t.add_argument("--triton-timeout", type=float, default=30.0, metavar="S", help="with --triton: deadline of "
@@ -77,10 +95,13 @@ def _available(name: str, bundle_dir: Path) -> str | None:
     """Why `name` cannot run here, or None when it can."""
     import importlib.util
 
+    if parse_sim(name) is not None:  # the simulated encoder runs the bundle's heads on ONNX Runtime
+        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime not installed (the heads run on it)"
     file = _FILES.get(name)
     if file and not (bundle_dir / file).is_file():
-        return f"no {file} in the bundle" + (" (run stp-build)" if name == "trt" else "")
+        return f"no {file} in the bundle" + (f" (run {_BUILT[name]})" if name in _BUILT else "")
     need = {"trt": ("tensorrt",), "baseline": ("torch", "open_clip")}.get(name, ())
+    need += ("openvino", "onnxruntime") if name.startswith("openvino") else ()
     need += ("torch", "open_clip") if name.startswith("torch") else ("onnxruntime",) if name.startswith("ort") else ()
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if missing:
@@ -99,6 +120,8 @@ def _engine_backend(engine: Path) -> str:
         return "trt"
     if suffix in (".pt", ".pth"):
         return "torch-fp32"
+    if suffix == ".xml":
+        return "openvino-int8" if engine.name.endswith(".int8.xml") else "openvino-bf16"
     if engine.name.endswith(".int8.onnx"):
         return "ort-int8"
     return "ort-fp16" if engine.name.endswith(".fp16.onnx") else "ort-fp32"
@@ -111,7 +134,7 @@ def choose_backends(args, bundle_dir: Path, engine: Path | None) -> tuple[list[s
         explicit = False
     else:
         wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
-        unknown = [b for b in wanted if b not in BACKENDS]
+        unknown = [b for b in wanted if b not in BACKENDS and parse_sim(b) is None]
         if unknown:
             raise UserError(f"unknown backend {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
         explicit = True
@@ -132,12 +155,16 @@ def choose_backends(args, bundle_dir: Path, engine: Path | None) -> tuple[list[s
 def _open(name: str, bundle_dir: Path, providers):
     from ..runtime.backends import open_backend
 
+    if (sim := parse_sim(name)) is not None:
+        from ..runtime.backends.sim import open_simulated
+
+        return open_simulated(bundle_dir / "model.json", sim.ms, device=sim.device)
     if name in _TORCH:
         device, precision = _TORCH[name]
         backend, _ = open_backend(bundle_dir / "model.pt", device=device, precision=precision,
                                   manifest=bundle_dir / "model.json")  # fmt: skip
     else:
-        backend, _ = open_backend(bundle_dir / _FILES[name], providers=providers if name != "trt" else None)
+        backend, _ = open_backend(bundle_dir / _FILES[name], providers=providers if name.startswith("ort") else None)
     return backend
 
 
@@ -165,33 +192,47 @@ def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Pat
     import numpy as np
 
     from .. import windows
-    from . import stages
+    from . import host, stages
 
     kw = {"warmup": args.warmup, "repeats": args.repeats, "min_seconds": 0.0}  # slow stages: exactly --repeats
     fast = {"warmup": max(1, args.warmup), "repeats": max(args.repeats, 20), "min_seconds": 0.5}
-    video = stages.write_test_video(work / "bench.mp4", max(args.frames, manifest.stride), _parse_size(args.size))
-    frame = stages.read_frames(video, manifest.stride)[manifest.offset]
+    video = Path(args.video) if args.video else stages.write_test_video(
+        work / "bench.mp4", max(args.frames, manifest.stride), _parse_size(args.size))  # fmt: skip
+    first = stages.read_frames(video, manifest.stride)
+    if len(first) <= manifest.offset:
+        raise UserError(f"--video {video}: fewer than {manifest.offset + 1} frames (the bundle samples frame "
+                        f"{manifest.offset} first)")  # fmt: skip
+    frame = first[manifest.offset]
     crops = windows.encoder_batch(frame)
     timings = [stages.time_decode(video, **fast), stages.time_windows(frame, **fast)]
     timings.append(stages.time_sa2(manifest.dim, manifest.head_settings.topk_windows, **fast))
     timings.append(stages.time_sinks(manifest, frame, work, **fast))
     per_backend: dict[str, dict[str, Any]] = {}
     primary = None
+    streams = int(args.streams) if args.streams else 0
+    in_turns, loads = _encode_in_turns(args, manifest, bundle_dir, backends, crops, frame)
     for name in backends:
         _log(args, f"stp-bench: {name} ...")
         if name == "baseline":
             one = stages.baseline_encoder(manifest)
             note = "naive loop: each crop resized and encoded alone, open_clip fp32"
-            t = stages.measure(lambda one=one: one(frame), "encode", "baseline", "sampled frame", note=note, **kw)
+            t = in_turns.get(name) or stages.measure(lambda one=one: one(frame), "encode", "baseline", "sampled frame",
+                                                     note=note, **kw)  # fmt: skip
             timings.append(t)
             per_backend[name] = {"encode": t}
             continue
         backend = _open(name, bundle_dir, args.providers)
         try:
-            enc = stages.time_encode(backend, name, crops, **kw)
+            enc = in_turns.get(name) or stages.time_encode(backend, name, crops, **kw)
             if getattr(backend, "gpu_preprocessing", False):  # uint8 frame in, windows cut on the device
                 timings.append(stages.time_device_windows(backend, name, frame, **kw))
             head = stages.time_head(backend, name, manifest, **fast)
+            if streams:  # N concurrent streams, host CPU per stage (stprompt.bench.host)
+                per_backend[name] = {"encode": enc, "head": head, "streams": host.run_streams(
+                    backend, manifest, video, streams, args.frames, work / f"events-{len(per_backend)}.jsonl",
+                    args.gate)}  # fmt: skip
+                timings += [enc, head]
+                continue
             e2e, stats = stages.run_end_to_end(backend, name, manifest, video, args.frames, args.gate)
             timings += [enc, head, e2e]
             if primary is None:
@@ -207,7 +248,14 @@ def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Pat
         row = {"crops_per_s": len(crops) / enc.mean_s, "encoder_sampled_fps": 1.0 / enc.mean_s,
                "p50_ms": enc.percentile(50), "p90_ms": enc.percentile(90), "p99_ms": enc.percentile(99),
                "n": len(enc.samples)}  # fmt: skip
-        if "e2e" in r and r["e2e"].samples:
+        if "streams" in r:
+            run = r["streams"]
+            row["sampled_fps"] = run["sampled_fps"]
+            row["pipeline_efficiency"] = row["sampled_fps"] / row["encoder_sampled_fps"]
+            row["encoder_share"] = run["encoder_busy"]
+            row["crops_encoded"], row["crops_gated"] = run["crops"], run["gated_crops"]
+            row["host"] = run
+        elif "e2e" in r and r["e2e"].samples:
             e2e = r["e2e"]
             row["sampled_fps"] = len(e2e.samples) / float(np.sum(e2e.samples))
             row["pipeline_efficiency"] = row["sampled_fps"] / row["encoder_sampled_fps"]
@@ -219,8 +267,29 @@ def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Pat
         if base is not None:
             row["speedup_vs_baseline"] = base.mean_s / enc.mean_s
         summary[name] = row
-    return {"timings": [t.as_dict() for t in timings], "backends": summary, "primary": primary,
-            "crops_per_sampled_frame": len(crops), "frame_size": list(frame.shape[1::-1])}  # fmt: skip
+    if in_turns:
+        summary_turns = {"rounds": args.turns, "backends": list(in_turns), "load_average_after_each": loads}
+    out = {"timings": [t.as_dict() for t in timings], "backends": summary, "primary": primary,
+           "crops_per_sampled_frame": len(crops), "frame_size": list(frame.shape[1::-1])}  # fmt: skip
+    if streams:  # the host's ceiling and cost per stage with an instant encoder, and the capacity estimate
+        _log(args, f"stp-bench: host ceiling, {streams} streams, sim:0 ...")
+        out.update(host.ceiling(manifest, video, frame, streams, args.frames, work))
+    if in_turns:
+        out["turns"] = summary_turns
+    return out
+
+
+def _encode_in_turns(args, manifest, bundle_dir: Path, backends: list[str], crops, frame):
+    """--turns N > 1: the encode stage of every backend (the simulated ones aside) timed in turns (bench.turns)."""
+    from . import stages, turns
+
+    names = [b for b in backends if b in BACKENDS]
+    if args.turns <= 1 or not names:
+        return {}, []
+    _log(args, f"stp-bench: encode in turns, {args.turns} rounds over {', '.join(names)} ...")
+    return turns.measure_in_turns(names, lambda name: _open(name, bundle_dir, args.providers),
+                                  lambda: stages.baseline_encoder(manifest), crops, frame, args.turns, args.warmup,
+                                  args.repeats)  # fmt: skip
 
 
 def render(result: dict[str, Any]) -> str:
@@ -250,12 +319,14 @@ def render(result: dict[str, Any]) -> str:
                    f"{share:>11}{ratio:>12}")  # fmt: skip
     for name, why in result.get("skipped", {}).items():
         out.append(f"{name:17}skipped: {why}")
-    return "\n".join(out)
+    return "\n".join(out + host_lines(result) + accuracy_lines(result))
 
 
 def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[str, Any]:
     from ..bundle.manifest import load_manifest
+    from .accuracy import gated_accuracy
     from .machine import machine_stamp
+    from .turns import load_average
 
     manifest = load_manifest(manifest_path, verify=True)
     backends, skipped = choose_backends(args, manifest_path.parent, engine)
@@ -269,7 +340,8 @@ def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[s
             "engine": str(engine) if engine else None,
         },  # fmt: skip
         "machine": machine_stamp(),
-        "settings": {k: getattr(args, k) for k in ("frames", "size", "warmup", "repeats", "gate", "providers")},
+        "settings": {k: getattr(args, k) for k in ("frames", "size", "video", "warmup", "repeats", "gate",
+                                                   "providers", "streams", "turns")},
         "skipped": skipped,
         "timed": "wall clock per unit of work after warm-up, host arrays in and out (a GPU is synchronised by the "
         "copy back); encode = one backend call on the 50 crops of a sampled frame; end-to-end = Detector on a "
@@ -279,7 +351,10 @@ def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[s
     if not args.no_flops:
         result["flops"] = flops_rows(manifest)
         result["encoder_gflops_per_crop"] = round(result["flops"][0]["gflops"], 2)
+    result["accuracy"] = gated_accuracy(manifest, backends)
+    start = load_average()
     result.update(measure_all(args, manifest, manifest_path.parent, backends, work))
+    result["load_average"] = {"start": start, "end": load_average(), "what": "1, 5, 15 minute load averages"}
     primary = result["primary"]
     result["pipeline_efficiency"] = result["backends"][primary].get("pipeline_efficiency") if primary else None
     return result
@@ -292,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.json, "--json")
     if args.triton is not None:
         return _triton(args)
-    if args.frames < 1 or args.repeats < 1 or args.warmup < 0:
-        raise UserError("--frames and --repeats must be >= 1, --warmup >= 0")
+    if args.frames < 1 or args.repeats < 1 or args.warmup < 0 or args.turns < 1:
+        raise UserError("--frames, --repeats and --turns must be >= 1, --warmup >= 0")
+    if args.streams is not None and (not args.streams.strip().isdigit() or int(args.streams) < 1):
+        raise UserError(f"--streams {args.streams!r}: without --triton, one whole number of concurrent streams >= 1")
     _parse_size(args.size)
     if args.clip and args.keep:
         check_writable(args.keep, "--keep", folder=True)
@@ -302,10 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.clip:
             wanted = set(BACKENDS if args.backends == "auto" else args.backends.split(","))
             target = Path(args.keep) if args.keep else work / "bundle"
-            from .bundle import random_bundle
+            from .bundle import openvino_engines, random_bundle
 
             manifest_path = random_bundle(args.clip, target, int8="ort-int8" in wanted, fp16="ort-fp16" in wanted,
                                           log=lambda m: _log(args, m))  # fmt: skip
+            openvino_engines(manifest_path, wanted, log=lambda m: _log(args, m))
             engine = None
         else:
             engine, manifest_path = _engine_and_manifest(args.engine)
@@ -347,6 +425,7 @@ def _triton(args) -> int:
     if args.warmup < 0:
         raise UserError("--warmup must be >= 0")
     engine, manifest_path = _engine_and_manifest(args.engine)
+    args.streams = triton.DEFAULT_STREAMS if args.streams is None else args.streams
     result = triton.bench(args, engine, manifest_path, lambda m: _log(args, m))
     return _report(args, triton.render(result), result)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
-import os
 import platform
 import shutil
 import subprocess
 from typing import Any
+
+from ..runtime.parallel import usable_cores  # cores this process may run on (affinity / cgroup CPU sets)
 
 _PACKAGES = ("stprompt", "numpy", "opencv-python-headless", "numba", "onnxruntime", "onnxruntime-gpu", "torch",
              "open_clip_torch", "tensorrt", "cuda-python")  # fmt: skip
@@ -26,14 +27,6 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (affinity / cgroup CPU sets), not the host's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def versions() -> dict[str, str]:

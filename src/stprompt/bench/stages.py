@@ -122,7 +122,8 @@ def time_head(backend, name: str, manifest, **kw) -> Timing:
                    note=f"head after SA2 over {t} snippets", **kw)  # fmt: skip
 
 
-def _sampled(detector: Detector, frame: np.ndarray) -> Sampled:
+def sampled_frame(detector: Detector, frame: np.ndarray) -> Sampled:
+    """A Sampled of `frame` as the Detector keeps it (resize, encoded crops): the input localization works on."""
     small = windows.resize_frame(frame)
     emb = detector.backend.encode(windows.encoder_batch(frame))
     return Sampled(0, 0.0, frame, small, emb[0], emb[1:])
@@ -130,7 +131,7 @@ def _sampled(detector: Detector, frame: np.ndarray) -> Sampled:
 
 def time_localization(backend, name: str, manifest, frame: np.ndarray, **kw) -> Timing:
     detector = Detector(backend, manifest)
-    sampled = _sampled(detector, frame)
+    sampled = sampled_frame(detector, frame)
     return measure(lambda: detector._locate(sampled), "localization", name, "alarm frame",
                    note="16 scale-B crops encoded, heat map, boxes", **kw)  # fmt: skip
 
@@ -205,7 +206,8 @@ def run_end_to_end(backend, name: str, manifest, video: Path, n_frames: int,
 
     src = VideoFileSource(video, source_id="bench")
     try:
-        pipeline = Pipeline(detector, [src], on_frame=on_frame, sampled_per_batch=1, max_frames=n_frames)
+        pipeline = Pipeline(detector, [src], on_frame=on_frame, sampled_per_batch=1, max_frames=n_frames,
+                            decode_all=False)  # on_frame reads indices only: unsampled frames keep no pixels
     except BaseException:
         src.close()
         raise

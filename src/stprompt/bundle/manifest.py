@@ -30,7 +30,9 @@ ROLE_SUFFIXES = {
     "queries": ".queries.npz",  # localization query embeddings
 }
 REQUIRED_ROLES = ("encoder", "head", "queries")
-ENGINE_SUFFIXES = {"encoder": ".plan", "head": ".head.plan", "head_features": ".head_as.plan"}
+# engines built on the target: TensorRT plans, OpenVINO IR (each .xml with its .bin; see bundle.openvino_keys)
+ENGINE_SUFFIXES = {"encoder": ".plan", "head": ".head.plan", "head_features": ".head_as.plan",
+                   "encoder_openvino": ".xml", "encoder_openvino_int8": ".int8.xml"}  # fmt: skip
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -214,7 +216,8 @@ class Manifest:
         return self.root / self.raw["files"][role]["path"]
 
     def engine(self, role: str) -> Path | None:
-        """Path of the TensorRT plan built for `role` (encoder, head), or None before `stp-build` ran."""
+        """Path of the engine built for `role` (TensorRT: encoder, head; OpenVINO: encoder_openvino, ...), or None
+        before `stp-build` ran."""
         record = self.engines.get(role)
         return self.root / record["path"] if record else None
 

@@ -16,6 +16,7 @@ from .manifest import ENGINE_SUFFIXES, ROLE_SUFFIXES, Manifest, manifest_path
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine")
+OPENVINO_SUFFIXES = (".xml",)  # OpenVINO IR (model.xml, model.int8.xml), built on the target by stp-build
 TORCH_SUFFIXES = (".pt", ".pth")
 # every name ending a bundle file that is not the manifest, longest first (out/model.fp16.onnx -> out/model)
 _STEM_SUFFIXES = tuple(
@@ -29,7 +30,7 @@ _STEM_SUFFIXES = tuple(
 
 def bundle_manifest_for(engine: str | os.PathLike) -> Path:
     """The manifest of an engine's bundle: `out/model.onnx`, `out/model.int8.onnx`, `out/model.plan`,
-    `out/model.head.onnx`, `out/model.pt`, `out/model.json` all -> `out/model.json` (same stem)."""
+    `out/model.int8.xml`, `out/model.head.onnx`, `out/model.pt`, `out/model.json` all -> `out/model.json`."""
     p = Path(engine)
     if p.suffix == ".json":
         return p

@@ -1,6 +1,7 @@
-"""Bundle -> target engines, built on the target: TensorRT plans (`tensorrt`, `stp-build`).
+"""Bundle -> target engines, built on the target: TensorRT plans (`tensorrt`), OpenVINO IR (`openvino`, with its
+INT8 calibration crops in `calibration`), and `stp-build` (`build_cli`).
 
 Torch-free: reads bundles through `stprompt.bundle` (manifest, engine keys, graph names) and imports the engine
-library (tensorrt, cuda-python) only inside the functions that build. The TensorRT, Triton and OpenVINO targets
-extend this room.
+libraries (tensorrt, cuda-python, openvino, nncf) only inside the functions that build. The gates reuse the export's
+torch-free probe scene and gate records (`stprompt.export.probe`, `stprompt.export.gates`).
 """

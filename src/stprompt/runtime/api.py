@@ -44,25 +44,46 @@ if TYPE_CHECKING:
     from .sources import Source
 
 
+# crops: the largest encoder call a backend is opened for unless max_batch says (backends split larger ones), and
+# the calls the Detector makes where batching pays (a GPU, a remote server)
+MAX_BATCH = 256
+
+
+def default_max_batch(backend) -> int:
+    """Crops per encoder call when none is given: one sampled frame's on the host CPU (ONNX Runtime's CPU provider,
+    PyTorch on cpu), MAX_BATCH elsewhere. On a CPU a larger call gains nothing measurable (stp-tiny under ONNX
+    Runtime: 200-250 crops/s at 50 to 250 crops a call) and costs peak memory in proportion: the encoder's
+    activations (about 1.7 MB a crop for stp-tiny) and the float32 input (0.6 MB a crop). At 256 a stp-run on a
+    file peaked at 1.05 GB, at one frame (50 crops) at about 0.43 GB (README: memory table)."""
+    from .. import windows
+
+    name = str(getattr(backend, "name", ""))
+    if name == "onnxruntime[CPUExecutionProvider]" or name.startswith("torch-cpu"):
+        return windows.crops_per_frame(pre=backend.preprocess)
+    return MAX_BATCH
+
+
 def open_detector(
     engine: str,
     *,
     providers: list[str] | None = None,
     lookahead: int | None = None,
     alarm: AlarmSettings | None = None,
-    max_batch: int = 256,
+    max_batch: int | None = None,
     gate: float = 0.0,
     gate_refresh: int | None = None,
     triton: str | None = None,
 ) -> Detector:
     """A Detector over the bundle that `engine` belongs to (its manifest is found beside it and verified).
     `gate_refresh`: as stp-run's --gate-refresh (None = its default, `gating.REFRESH_DEFAULT`). `triton`: the
-    encoder on that Triton server (grpc://HOST:PORT[/MODEL]), as stp-run's --triton."""
+    encoder on that Triton server (grpc://HOST:PORT[/MODEL]), as stp-run's --triton. `max_batch`: crops per encoder
+    call, as stp-run's --max-batch (None = `default_max_batch`)."""
     from .backends import open_backend
     from .gating import REFRESH_DEFAULT
 
-    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch, triton=triton)
+    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch or MAX_BATCH, triton=triton)
     refresh = REFRESH_DEFAULT if gate_refresh is None else gate_refresh
+    max_batch = max_batch or default_max_batch(backend)
     return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch, gate=gate,
                     gate_refresh=refresh)  # fmt: skip
 
@@ -76,7 +97,7 @@ def open_pipeline(
     lookahead: int | str = "auto",
     alarm: AlarmSettings | None = None,
     localize: LocalizeSettings | None = None,
-    max_batch: int = 256,
+    max_batch: int | None = None,
     gate: float | str = "auto",
     gate_refresh: int | None = None,
     status: bool = False,
@@ -93,14 +114,15 @@ def open_pipeline(
     `status`: stp-run's status line on stderr. The pipeline owns the sources and outputs (use it as a context
     manager, or call close(): a clean stop that still scores what was read). `reconnect`: the live sources' policy
     as stp-run's --reconnect (None = forever), and the Triton server's. `triton`: as stp-run's --triton
-    (grpc://HOST:PORT[/MODEL]: the encoder on that server); `triton_options`: timeout_s, in_flight, backoff."""
+    (grpc://HOST:PORT[/MODEL]: the encoder on that server); `triton_options`: timeout_s, in_flight, backoff.
+    `max_batch`: crops per encoder call, as stp-run's --max-batch (None = `default_max_batch`)."""
     from .backends import open_backend
     from .pipeline import build_pipeline
     from .sinks import Status
 
-    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch, triton=triton,
+    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch or MAX_BATCH, triton=triton,
                                      triton_options={"reconnect": reconnect, **(triton_options or {})})  # fmt: skip
     return build_pipeline(backend, manifest, sources, outputs, lookahead=lookahead, alarm=alarm, localize=localize,
-                          max_batch=max_batch, gate=gate, gate_refresh=gate_refresh,
+                          max_batch=max_batch or default_max_batch(backend), gate=gate, gate_refresh=gate_refresh,
                           status=Status(False) if status else None,
                           on_frame=on_frame, reconnect=reconnect)  # fmt: skip

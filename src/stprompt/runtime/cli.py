@@ -2,6 +2,7 @@
 
 A thin shell: parse flags, open the backend, sources (`sources.open_source`) and outputs (`sinks.open_output`), and
 run `pipeline.Pipeline`, the loop the Python API and stp-bench drive too; signals become a clean pipeline stop.
+Imports at module level stay light (no NumPy, Numba, OpenCV): `stp-run --help` answers before they load.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..cliformat import HelpFormatter
 from ..errors import UserError, cli_entry, inform, one_line
-from ..localize.heat import LocalizeSettings
-from .gating import LIVE_DEFAULT, REFRESH_DEFAULT
-from .pipeline import LIVE_LOOKAHEAD
+from .defaults import LIVE_DEFAULT, LIVE_LOOKAHEAD, REFRESH_DEFAULT  # what --help prints; the rest loads after parsing
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -90,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="motion gating: re-encode every gated window at least every N sampled frames of its stream, changed "
         "or not (bounds how stale a cached embedding gets; staggered across windows); 0 = only on change",
     )
-    p.add_argument("--max-batch", type=int, default=256, help="most crops per encoder call (all streams together)")
+    p.add_argument("--max-batch", type=int, default=None, help="most crops per encoder call (all streams together); "
+                   "default: one sampled frame's crops on the CPU (larger calls only cost memory there), 256 on a GPU "
+                   "or a Triton server")  # fmt: skip
     p.add_argument("--show", action="store_true", help="alias of --output display://0 (a live window; needs a display)")
     p.add_argument(
         "--check",
@@ -192,10 +193,11 @@ def run_check(args, backend, manifest) -> int:
 
     from .. import windows
     from ..sampling import is_sampled
+    from .api import MAX_BATCH
     from .backends import open_backend, parity
     from .sources import open_source
 
-    other, _ = open_backend(args.check, max_batch=args.max_batch)
+    other, _ = open_backend(args.check, max_batch=args.max_batch or MAX_BATCH)
     src = open_source(args.sources[0], reconnect=0)  # frames now or a clear error, never a wait
     crops = []
     try:
@@ -236,6 +238,7 @@ def check_gate(report: dict, manifest, engines) -> dict:
 
 
 def _settings(args, manifest):
+    from ..localize.heat import LocalizeSettings
     from .detector import AlarmSettings
 
     thr = manifest.thresholds
@@ -326,6 +329,7 @@ def serve_metrics(address: str | None) -> Metrics | None:
 
 def run(args: argparse.Namespace, metrics: Metrics | None = None) -> int:
     """The engine, then the --check comparison or the pipeline run; stp-run's exit status."""
+    from .api import MAX_BATCH, default_max_batch
     from .backends import open_backend
     from .backends.base import EncoderUnavailable
     from .pipeline import build_pipeline
@@ -333,13 +337,15 @@ def run(args: argparse.Namespace, metrics: Metrics | None = None) -> int:
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     triton = {"timeout_s": args.triton_timeout, "in_flight": args.triton_in_flight, "reconnect": args.reconnect}
-    backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch, device=args.device,
-                                     precision=args.precision, triton=args.triton, triton_options=triton)  # fmt: skip
+    backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch or MAX_BATCH,
+                                     device=args.device, precision=args.precision, triton=args.triton,
+                                     triton_options=triton)  # fmt: skip
     if args.check:
         return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)
+    max_batch = args.max_batch or default_max_batch(backend)
     pipeline = build_pipeline(backend, manifest, args.sources, _outputs(args), lookahead=args.lookahead, alarm=alarm,
-                              localize=loc, max_batch=args.max_batch, gate=args.gate,
+                              localize=loc, max_batch=max_batch, gate=args.gate,
                               gate_refresh=args.gate_refresh, status=Status(args.quiet),
                               default_events="-", reconnect=args.reconnect, observer=metrics)  # fmt: skip
     with stop_on_signals(pipeline) as received:

@@ -7,6 +7,10 @@ head -> frame events
 (score >= alarm-on, `localize.heat.flagged`, the rule stp-eval boxes by) also gets scale-B windows, heat map
 and boxes. Every event is built by `events` as the shipped schema (schemas/events-1.json) defines it.
 
+`process` is three steps a Pipeline runs apart so the encoder never waits for the host: `prepare` (sampling,
+resize, gating, the encoder batch, windows cut for several frames at once), `encode` (the encoder call only, safe
+on another thread) and `complete` (SA2, head, alarms, localization, events), batches in order.
+
 A snippet enters the head only once its `stride` frames have all been seen, as offline (the tail shorter
 than `stride` is dropped at the end of a stream), so streamed scores with exact lookahead equal stp-eval's.
 Torch-free: it needs numpy, cv2, numba and a backend.
@@ -30,6 +34,8 @@ from . import events as ev
 from .backends.base import EncoderUnavailable
 from .frames import Frame
 from .gating import REFRESH_DEFAULT, WindowGate
+from .parallel import EncoderThread, parallel_map
+from .stageclock import NO_CLOCK, StageClock
 from .stream import SnippetResult, StreamingFeatureHead, StreamingHead
 
 
@@ -62,6 +68,22 @@ class Sampled:
     small: np.ndarray  # 224x224 resize (scale-B windows are cut from it)
     x_clip: np.ndarray
     x_patch: np.ndarray  # [49, D]
+
+
+BUFFERS = 2  # encoder batches alive at once: one being encoded while the next is prepared
+
+
+@dataclass
+class Batch:
+    """One encoder call's worth of frames, prepared on the host (`Detector.prepare`): what `encode` sends and
+    `complete` scores."""
+
+    items: list[tuple[str, Frame]]  # every frame of the call, in order per stream
+    sampled: list[tuple[str, Frame]]  # the sampled ones
+    smalls: list[np.ndarray]  # their 224x224 resizes
+    masks: list[np.ndarray]  # scale-A windows to encode (motion gating)
+    crops: np.ndarray | None  # the encoder input (a view of one of the detector's buffers); None: device preprocessing
+    rows: int  # crops in the call
 
 
 @dataclass
@@ -104,6 +126,7 @@ class Detector:
         gate_per_source: dict[str, float] | None = None,
         gate_refresh: int = REFRESH_DEFAULT,
         on_snippet: Callable[[Snippet], None] | None = None,
+        window_workers: int | None = None,
     ):
         self.backend = backend
         self.manifest = manifest
@@ -126,32 +149,63 @@ class Detector:
         self.max_batch = max(windows.crops_per_frame(pre=self.preprocess), int(max_batch))
         self.on_snippet = on_snippet
         self.gate = WindowGate(gate, self.scale_a, per_source=gate_per_source, refresh=gate_refresh)
-        self._buffer: np.ndarray | None = None  # encoder batch, grown to the largest call and reused
+        self._buffers: list[np.ndarray | None] = [None] * BUFFERS  # encoder batches, grown and reused in turn
+        self._turn = 0
+        self.window_workers = window_workers  # frames cut at once on `parallel.window_pool` (None: one per core)
+        self.clock: StageClock | Any = NO_CLOCK  # stp-bench's StageClock: host CPU time per stage
+        self.encoder_thread: EncoderThread | None = None  # set by a Pipeline that overlaps encoder and host
         kernels.warmup()  # JIT or disk-cache load now, not on the first snippet or the first alarm
         self.streams: dict[str, StreamState] = {}
         self.stats = {"sampled": 0, "snippets": 0, "alarms": 0, "encoder_calls": 0, "crops": 0, "gated_crops": 0}
+        self.encode_observers: list[Callable[[int], None]] = []  # each called with an encoder request's crops
 
     # -- public ---------------------------------------------------------------------------------------
     def process(self, items: list[tuple[str, Frame]]) -> list[dict[str, Any]]:
-        """Frames (source id, Frame) of any streams, in order per stream."""
+        """Frames (source id, Frame) of any streams, in order per stream: `prepare`, `encode`, `complete` in one go."""
+        batch = self.prepare(items)
+        return self.complete(batch, self.encode(batch))
+
+    def prepare(self, items: list[tuple[str, Frame]]) -> Batch:
+        """The host work before the encoder: sample, resize, gate, cut and normalise the windows into the encoder
+        batch. Batches are prepared, encoded and completed in the same order; at most `BUFFERS` may be prepared
+        and not yet completed (the Pipeline prepares the next while the encoder runs the current one)."""
         sampled = [(sid, f) for sid, f in items if self._take(sid, f.index)]
-        smalls = [windows.resize_frame(f.image) for _, f in sampled]
-        masks = [self.gate.select(sid, small) for (sid, _), small in zip(sampled, smalls, strict=True)]
+        for sid, f in sampled:
+            if f.image is None:  # a bug, not a user's mistake: the source skipped a frame the sampling wants
+                raise RuntimeError(f"frame {f.index} of {sid} is sampled but was not decoded")
+        smalls = self._resize([f.image for _, f in sampled])
+        with self.clock("gating"):
+            masks = [self.gate.select(sid, small) for (sid, _), small in zip(sampled, smalls, strict=True)]
         self.stats["gated_crops"] = self.gate.stats["skipped"]
-        if self.backend.gpu_preprocessing:
-            embeddings = self._encode_on_device(smalls, masks)
-        else:
-            embeddings = self._encode(self._batch(smalls, masks), len(smalls))
+        rows = sum(1 + int(m.sum()) for m in masks)
+        self._count(rows, len(sampled))
+        crops = None
+        if sampled and not self.backend.gpu_preprocessing:
+            crops = self._batch(smalls, masks, rows)
+        return Batch(items, sampled, smalls, masks, crops, rows)
+
+    def encode(self, batch: Batch) -> np.ndarray:
+        """The batch's one encoder call (split at the backend's max batch inside it): [rows, D] embeddings. Touches
+        no detector state, so it may run on another thread while the next batch is prepared."""
+        if not batch.sampled:
+            return np.zeros((0, self.backend.dim), np.float32)
+        if self.backend.gpu_preprocessing:  # backends that cut windows on their device get the 224x224 uint8 frames
+            return self.backend.encode_frames(batch.smalls, batch.masks)
+        return self.backend.encode(batch.crops)
+
+    def complete(self, batch: Batch, embeddings: np.ndarray) -> list[dict[str, Any]]:
+        """The host work after the encoder: x_patch (gate merge), SA2, head, alarms and localization; the events."""
         ready: dict[int, Sampled] = {}
         start = 0
-        for (sid, f), small, mask in zip(sampled, smalls, masks, strict=True):
+        for (sid, f), small, mask in zip(batch.sampled, batch.smalls, batch.masks, strict=True):
             n = 1 + int(mask.sum())
             emb = embeddings[start : start + n]
             start += n
-            x_patch = self.gate.merge(sid, mask, emb[1:])
+            with self.clock("gating"):
+                x_patch = self.gate.merge(sid, mask, emb[1:])
             ready[id(f)] = Sampled(f.index, f.time, f.image, small, emb[0], x_patch)
         events: list[dict[str, Any]] = []
-        for sid, f in items:
+        for sid, f in batch.items:
             state = self._state(sid)
             state.last_frame = f.index
             events += self._complete(sid, state)
@@ -174,7 +228,9 @@ class Detector:
         self.gate.drop(source)
         if state is None:
             return []
-        events = self._emit(source, state, state.head.flush())
+        with self.clock("sa2_head"):
+            results = state.head.flush()
+        events = self._emit(source, state, results)
         if state.alarm is not None:
             events.append(state.alarm.end("stream"))
             state.alarm = None
@@ -205,21 +261,40 @@ class Detector:
             self.streams[sid] = StreamState(head=head, next_sample=self.offset)
         return self.streams[sid]
 
-    def _batch(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
-        """The encoder input of these sampled frames (full frame + kept windows each), in a reused buffer.
+    def _resize(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """224x224 resizes of the sampled frames (OpenCV releases the GIL: streams in parallel on the window pool)."""
 
-        Written in place by the normalisation kernels (no per-frame arrays, no concatenation); backends copy their
-        input, so the buffer is free again when `encode` returns.
+        def one(image: np.ndarray) -> np.ndarray:
+            with self.clock("windows"):
+                return windows.resize_frame(image)
+
+        return parallel_map(one, images, self.window_workers)
+
+    def _batch(self, smalls: list[np.ndarray], masks: list[np.ndarray], rows: int | None = None) -> np.ndarray:
+        """The encoder input of these sampled frames (full frame + kept windows each), in the next of `BUFFERS`
+        reused buffers.
+
+        Written in place by the normalisation kernels (no per-frame arrays, no concatenation), each frame's rows by
+        one task of the window pool (Numba and OpenCV release the GIL): the same bytes as one thread writes.
+        Backends copy their input, so a buffer is free again once its batch's `encode` returned; the Pipeline keeps
+        at most `BUFFERS` batches between prepare and complete.
         """
-        total = sum(1 + int(m.sum()) for m in masks)
-        if self._buffer is None or len(self._buffer) < total:
+        rows = sum(1 + int(m.sum()) for m in masks) if rows is None else rows
+        self._turn = (self._turn + 1) % BUFFERS
+        buffer = self._buffers[self._turn]
+        if buffer is None or len(buffer) < rows:
             size = self.preprocess.size
-            rows = max(total, windows.crops_per_frame(pre=self.preprocess))
-            self._buffer = np.empty((rows, 3, size, size), np.float32)
-        start = 0
-        for small, mask in zip(smalls, masks, strict=True):
-            start += windows.fill_encoder_batch(small, self._buffer[start:], mask, pre=self.preprocess)
-        return self._buffer[:total]
+            buffer = np.empty((max(rows, windows.crops_per_frame(pre=self.preprocess)), 3, size, size), np.float32)
+            self._buffers[self._turn] = buffer
+        starts = np.cumsum([0] + [1 + int(m.sum()) for m in masks])[:-1].tolist()
+
+        def fill(job: tuple[np.ndarray, np.ndarray, int]) -> int:
+            small, mask, start = job
+            with self.clock("windows"):
+                return windows.fill_encoder_batch(small, buffer[start:], mask, pre=self.preprocess)
+
+        parallel_map(fill, list(zip(smalls, masks, starts, strict=True)), self.window_workers)
+        return buffer[:rows]
 
     def _count(self, crops: int, sampled: int = 0) -> None:
         """Encoder work for the status line and stp-bench: crops, calls (of at most the backend's max batch),
@@ -228,15 +303,8 @@ class Detector:
         self.stats["crops"] += crops
         self.stats["encoder_calls"] += -(-crops // limit)
         self.stats["sampled"] += sampled
-
-    def _encode(self, images: np.ndarray, sampled: int) -> np.ndarray:
-        self._count(len(images), sampled)
-        return self.backend.encode(images)
-
-    def _encode_on_device(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
-        """Backends that cut windows on their device get the 224x224 uint8 frames (GPU preprocessing)."""
-        self._count(sum(1 + int(m.sum()) for m in masks), len(smalls))
-        return self.backend.encode_frames(smalls, masks)
+        for observe in self.encode_observers:  # e.g. the metrics' batch histogram, fed from these very numbers
+            observe(crops)
 
     def _complete(self, sid: str, state: StreamState, force: bool = False) -> list[dict[str, Any]]:
         """Push the waiting snippet once all of its stride frames have arrived."""
@@ -246,7 +314,9 @@ class Detector:
             return []
         state.waiting = None
         state.snippets[state.head.received] = w
-        return self._emit(sid, state, state.head.push(w.x_clip, w.x_patch))
+        with self.clock("sa2_head"):
+            results = state.head.push(w.x_clip, w.x_patch)
+        return self._emit(sid, state, results)
 
     def _emit(self, sid: str, state: StreamState, results: list[SnippetResult]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -306,18 +376,24 @@ class Detector:
     def _locate(self, s: Sampled) -> tuple[np.ndarray, np.ndarray]:
         """Scale-B windows of the snippet's frame, the fused heat map and its boxes (source pixels)."""
         size = self.preprocess.size
-        crops_b = np.empty((self.scale_b.count, 3, size, size), np.float32)
-        windows.fill_windows(s.small, self.scale_b, crops_b, pre=self.preprocess)
+        with self.clock("localization"):
+            crops_b = np.empty((self.scale_b.count, 3, size, size), np.float32)
+            windows.fill_windows(s.small, self.scale_b, crops_b, pre=self.preprocess)
         x_patch_b = self._encode_extra(crops_b)
-        h, w = s.image.shape[:2]
-        g_a, g_b = self.scale_a.grid, self.scale_b.grid
-        heat = frame_heat(
-            s.x_patch.reshape(g_a, g_a, -1), x_patch_b.reshape(g_b, g_b, -1), self.queries, self.abnormal, w, h,
-            self.localize, (self.scale_a, self.scale_b),
-        )  # fmt: skip
-        min_area = max(1, int(np.ceil(self.localize.min_box_area * w * h)))
-        return heat, extract_boxes(heat, self.localize.heat_threshold, min_area)
+        with self.clock("localization"):
+            h, w = s.image.shape[:2]
+            g_a, g_b = self.scale_a.grid, self.scale_b.grid
+            heat = frame_heat(
+                s.x_patch.reshape(g_a, g_a, -1), x_patch_b.reshape(g_b, g_b, -1), self.queries, self.abnormal, w, h,
+                self.localize, (self.scale_a, self.scale_b),
+            )  # fmt: skip
+            min_area = max(1, int(np.ceil(self.localize.min_box_area * w * h)))
+            return heat, extract_boxes(heat, self.localize.heat_threshold, min_area)
 
     def _encode_extra(self, crops: np.ndarray) -> np.ndarray:
+        """Localization's scale-B crops: through `encoder_thread` when the Pipeline runs one (every encoder call on
+        one thread, in order: backends such as TensorRT keep per-thread device state), else here."""
         self._count(len(crops))
+        if self.encoder_thread is not None:
+            return self.encoder_thread.call(self.backend.encode, crops)
         return self.backend.encode(crops)

@@ -9,8 +9,12 @@ import numpy as np
 
 @dataclass
 class Frame:
-    """One decoded frame: H x W x 3 uint8 BGR, its native index in the source and its stream time in seconds."""
+    """One decoded frame: H x W x 3 uint8 BGR, its native index in the source and its stream time in seconds.
 
-    image: np.ndarray
+    `image` is None for a frame a video file was asked to skip without its pixels (`VideoFileSource.read(retrieve=
+    False)`): the Pipeline does so for the frames it does not sample, unless `decode_all` asks for every frame's.
+    """
+
+    image: np.ndarray | None
     index: int
     time: float

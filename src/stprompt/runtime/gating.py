@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import windows
 from ..errors import UserError
+from .defaults import LIVE_DEFAULT, REFRESH_DEFAULT  # noqa: F401 - gating.LIVE_DEFAULT as before
 
 
 @dataclass
@@ -31,19 +32,6 @@ class _StreamCache:
     embeddings: np.ndarray | None = None  # [49, D] float32
     pending: list[np.ndarray] = field(default_factory=list)  # masks selected, not merged yet
 
-
-# `stp-run --gate auto` (the default): live sources skip windows that changed by less than this many grey levels
-# (mean absolute difference); files and folders are encoded whole, so their scores equal stp-eval's. Chosen from
-# README's real-clip gating table (benchmarks/measure_gating.py --clips): the largest measured threshold that kept
-# every clip's snippet ranking (Spearman >= 0.95) and its largest score deviation under half the clip's own score
-# spread. 4, chosen earlier on synthetic static cameras, failed on a real indoor clip with people walking
-# (Spearman 0.11, largest deviation 2.5x the spread); 2 failed there too (0.93, 0.60x).
-LIVE_DEFAULT = 1.0
-
-# `stp-run --gate-refresh` (default): a gated window is re-encoded at least every this many sampled frames of its
-# stream. From the same tables: at gate 1 every bound held and 4 cost about 2 points of skipped share at most while
-# giving the smallest deviations where the bound mattered; at higher gates it helped most often (not always).
-REFRESH_DEFAULT = 4
 
 _SOURCE_KEYS = ("frames", "windows", "skipped")  # WindowGate.source_stats per source
 

@@ -122,21 +122,6 @@ def _file_role(path: Any, manifest: Any) -> str | None:
     return next((role for role, f in files.items() if (manifest.root / f["path"]).resolve() == target), None)
 
 
-class _EncoderWork(dict):
-    """The Detector's `stats`, telling `observe` of each increase of `crops`: the Detector adds one encoder
-    request's crops at a time (and counts it as calls of at most its limit), so the batch histogram is fed from
-    the very numbers `encoder_calls` and `crops` report."""
-
-    def __init__(self, stats: dict[str, int], observe: Any):
-        super().__init__(stats)
-        self._observe = observe
-
-    def __setitem__(self, key: str, value: int) -> None:
-        if key == "crops":
-            self._observe(value - self.get("crops", 0))
-        super().__setitem__(key, value)
-
-
 class Metrics(RunObserver):
     """Prometheus metrics of one pipeline on a dedicated registry, served at http://HOST:PORT/metrics and
     /healthz from the moment it is made (so a port in use fails before any work), until close().
@@ -247,7 +232,7 @@ class Metrics(RunObserver):
             registry=self.registry,
         )
         self._pipeline = pipeline
-        detector.stats = _EncoderWork(detector.stats, self._encoder_request)
+        detector.encode_observers.append(self._encoder_request)
         self._engine = (True, "ok")
 
     def started(self) -> None:

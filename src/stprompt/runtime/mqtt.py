@@ -610,9 +610,7 @@ class MqttSink(Sink):
 
     def _jpeg(self, snippet: Snippet) -> bytes:
         """The frame as the video sink draws it (heat map, boxes, score bar), JPEG-encoded on the sender thread."""
-        e = snippet.event
-        name = str(e.get("source", "")).rstrip("/").rsplit("/", 1)[-1]
-        img = annotate(snippet, self.ctx.threshold, f"{name} frame {e.get('frame')} {e['score']:.2f} {e.get('class')}")
+        img = annotate(snippet, self.ctx.threshold)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise ValueError("OpenCV could not encode the snapshot as JPEG")

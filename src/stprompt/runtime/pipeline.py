@@ -3,6 +3,14 @@
 Sources -> frames of all streams cut into batches of at most `sampled_per_batch` sampled frames (one encoder call
 of up to max_batch crops) -> Detector -> events and scored snippets fanned out to every Sink -> status line.
 
+The host keeps the encoder busy (a GPU appliance's host, not its encoder, is the bottleneck): each file or folder
+is decoded ahead on a thread of its own (`prefetch`; frames that will not be sampled skip their colour conversion
+and copy), the sampled frames of a batch are cut into windows in parallel (`parallel.window_pool`), and the
+encoder runs on a thread of its own (`parallel.EncoderThread`): while it encodes one batch, this loop reads and
+prepares the next and scores the one before (SA2, head, alarms, localization, sinks). Results are those of the
+sequential loop: the same batches, scored in order. A stop therefore may find one more batch already read; it is
+scored too.
+
 Files are read as fast as the detector goes and never drop a frame. Live sources never block the others: each is
 polled for LIVE_WAIT_S, and a batch is cut as soon as a round over the streams has given any frame (latency over
 batch size); the sources themselves drop what the pipeline was too slow for. A stop (`stop()`: a signal handler,
@@ -11,10 +19,10 @@ scores every snippet already read: each open stream is finished with its true en
 thread is such a stop too. A live source's state changes (down / up, `source` events) reach every sink and one
 stderr line each; a down ends that stream as an end of file does (a reconnect starts a new one), and `report()`
 tells per source how it ended. A remote encoder (Triton) reports its outages as `engine` events, written the
-moment they happen; while it is down the detector call waits (files wait, live sources drop frames), and when it
-stays down (its reconnect policy gave up) the run stops as at a stop, scores what was encoded and raises
-`EncoderUnavailable` at the end. A `RunObserver` (stp-run --metrics: `metrics.Metrics`) watches the run from
-inside: frames as they are read and events as the sinks get them. Torch-free.
+moment they happen (from the encoder thread); while it is down the encoder call waits (files wait, live sources
+drop frames), and when it stays down (its reconnect policy gave up) the run stops as at a stop, scores what was
+encoded and raises `EncoderUnavailable` at the end. A `RunObserver` (stp-run --metrics: `metrics.Metrics`) watches
+the run from inside: frames as they are read and events as the sinks get them. Torch-free.
 """
 
 from __future__ import annotations
@@ -23,13 +31,17 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, inform
 from ..sampling import is_sampled
+from .defaults import LIVE_LOOKAHEAD  # defined there: stp-run --help reads it without NumPy
+from .parallel import EncoderThread
+from .stageclock import NO_CLOCK, StageClock
 
 if TYPE_CHECKING:
-    from .detector import Detector, Snippet
+    from .detector import Batch, Detector, Snippet
     from .frames import Frame
     from .sinks import Sink, Status
     from .sources import Source
@@ -40,7 +52,8 @@ QUIET_ROUNDS_S = 0.5  # while no live source gives a frame (all down), the statu
 
 class RunObserver:
     """Watches a Pipeline from inside (the Prometheus metrics, `metrics.Metrics`). Every method does nothing by
-    default. All but close() run on the thread running the pipeline, `frame` once per frame read: keep them quick.
+    default. All but close() run on the thread running the pipeline (`write` with a remote encoder's `engine` events
+    on the encoder thread, never at the same time as another `write`), `frame` once per frame read: keep them quick.
     """
 
     def attach(self, pipeline: Pipeline) -> None:
@@ -60,11 +73,6 @@ class RunObserver:
 
     def close(self) -> None:
         """Release what it holds (the metrics server stops); called once, by `Pipeline.close()` (or its `with`)."""
-
-
-# README's lookahead table (benchmarks/measure_lookahead.py): 8 snippets keep every score within 1e-4 of the exact
-# value (max abs error 2.6e-05) and answer 5x sooner than the exact 41 at SPEC defaults
-LIVE_LOOKAHEAD = 8
 
 
 def lookaheads(lookahead: int | str | None, sources: Sequence[Any]) -> tuple[int | None, dict[str, int]]:
@@ -157,6 +165,10 @@ class Pipeline:
     has processed it (stp-bench times the pipeline with it). `sampled_per_batch` defaults to what fills the
     detector's max_batch; `max_frames` ends each source after that many frames. `observer` (a RunObserver, e.g.
     the metrics server) outlives the run: it is closed by close() or the `with` block, not when run() returns.
+    `clock` (stp-bench): a `stageclock.StageClock` that collects the host CPU time of each stage.
+    `decode_all`: give every frame of a video file its pixels; by default (None) only when `on_frame` is given (it
+    may look at them): otherwise frames that will not be sampled come without (`Frame.image` None), which spares
+    their colour conversion and copy.
     """
 
     def __init__(
@@ -170,6 +182,8 @@ class Pipeline:
         sampled_per_batch: int | None = None,
         max_frames: int | None = None,
         observer: RunObserver | None = None,
+        clock: StageClock | None = None,
+        decode_all: bool | None = None,
     ):
         ids = [s.id for s in sources]
         if not ids:
@@ -192,6 +206,7 @@ class Pipeline:
         self.events_out = 0  # events handed to the sinks
         self._stop = False
         self._started = False
+        self._t0 = 0.0  # when the run started reading: the summary's wall time
         self._released = False
         self._run_gen: Iterator[dict[str, Any]] | None = None  # the running events() generator, once it started
         self._owner: int | None = None  # the thread iterating it
@@ -200,12 +215,21 @@ class Pipeline:
         self._states: dict[str, str] = {}  # source id -> its last `source` event's state (live sources)
         self.unencoded = 0  # frames read but never encoded: the encoder server was down when the run stopped
         self.engine_error: Exception | None = None  # a remote encoder that stayed unreachable (raised at the end)
-        self._engine_events: list[dict[str, Any]] = []  # written during a detector call, yielded after it
+        self._engine_events: list[dict[str, Any]] = []  # written during an encoder call, yielded after it
+        self._encoder: EncoderThread | None = None  # the run's encoder calls, beside the host work (once running)
+        self._inflight: tuple[list[tuple[str, Frame]], Batch, Future[Any]] | None = None  # handed over, not scored
+        self._encoder_failed = False  # a remote encoder stayed unreachable: batches queued behind are not sent
+        self._lock = threading.RLock()  # sinks and observer: engine events come from the encoder thread
         self._chained = detector.on_snippet
         detector.on_snippet = self._snippet
         bind_run = getattr(detector.backend, "bind_run", None)  # a remote encoder's down / up events, and its waits
         if bind_run is not None:  # end when the run stops
-            bind_run(self._engine_event, lambda: self._stop)
+            bind_run(self._engine_event, lambda: self._stop or self._released)
+        self.clock: StageClock | Any = NO_CLOCK if clock is None else clock  # stp-bench: host CPU per stage
+        # video files skip the pixels of frames that will not be sampled, unless someone may look at them
+        self.decode_all = on_frame is not None if decode_all is None else bool(decode_all)
+        self._readers: dict[str, Source] = {}  # files and folders read ahead on their own threads, once running
+        detector.clock = self.clock
         self.observer = observer
         self._observer_closed = observer is None
         self._close_asked = False  # close() came while the run was going: the observer closes at its release
@@ -306,7 +330,10 @@ class Pipeline:
         if self._started or self._released:
             raise RuntimeError("a Pipeline runs once")
         self._started = True
+        self._t0 = time.perf_counter()
         self._run_gen, self._owner = holder[0], threading.get_ident()
+        self._readers = {s.id: self._reader(s) for s in self.sources}
+        self._encoder = self.detector.encoder_thread = EncoderThread()
         active = list(self.sources)
         observer = self.observer
         if observer is not None:
@@ -327,7 +354,8 @@ class Pipeline:
                         if frame is None and src.live and not src.ended and not self._at_limit(src):
                             continue  # nothing new from this camera yet (or it is down): serve the next stream
                         if frame is None:
-                            yield from self._process(chunk)
+                            yield from self._submit(chunk)
+                            yield from self._drain()  # every batch holding its frames is scored before its end
                             chunk = []
                             changes += self._changes_of(src)  # its last ones (a live source that gave up)
                             yield from self._write(self.detector.finish(src.id))
@@ -341,18 +369,20 @@ class Pipeline:
                         sampled += is_sampled(frame.index, self.detector.stride, self.detector.offset)
                     if live and not chunk and time.perf_counter() - t0 >= QUIET_ROUNDS_S:
                         break  # no frame from any camera for a while (down, reconnecting): refresh the status line
-                yield from self._process(chunk)
+                yield from self._submit(chunk)
+                if changes:  # a state change follows the frames read before it: score those first
+                    yield from self._drain()
                 yield from self._apply(changes)
                 self.frames += read
                 if any(s.stop_requested for s in self.sinks):
                     self.stop()
                 self._update_status(read, time.perf_counter() - t0)
+            yield from self._drain()
             self.interrupted = bool(active)
             for src in active:  # stopped: score every snippet already read
                 yield from self._apply(self._changes_of(src))
                 yield from self._write(self.detector.finish(src.id))
                 self._endings[src.id] = "stopped"
-            self._update_status(0, 0.0, force=True)
             self._summary()
             if self.engine_error is not None and getattr(self.engine_error, "gave_up", True):
                 raise self.engine_error
@@ -360,7 +390,6 @@ class Pipeline:
             self.interrupted = True
             for src in active:
                 self._endings.setdefault(src.id, "aborted")
-            self._update_status(0, 0.0, force=True)
             self._summary()
             raise
         finally:
@@ -372,8 +401,11 @@ class Pipeline:
             return
         self._released = True
         self.detector.on_snippet = self._chained
+        if self._encoder is not None:  # waits for a call in flight (a remote encoder waiting for its server gives
+            self._encoder.close()  # up now): the backend is not closed under it
+            self.detector.encoder_thread = self._encoder = None
         for s in self.sources:
-            s.close()
+            self._readers.get(s.id, s).close()  # a reader thread closes its source once it has stopped
         for sink in self.sinks:
             sink.close()
         if self.observer is not None and self._started:
@@ -409,16 +441,14 @@ class Pipeline:
         return "frame limit" if self._at_limit(src) else "ended"
 
     def _summary(self) -> None:
-        """One line per source on stderr when the status line is shown: frames, reconnects, drops, how it ended."""
+        """The run's summary on stderr in place of the status line, when it is shown (`sinks.summary_lines`: one
+        line for one source: how it ended, frames, snippets, alarms, wall time, throughput)."""
         if self.status is None or getattr(self.status, "quiet", False):
             return
-        for r in self.report():
-            counts = f"{r['frames']} frames"
-            if r["live"]:
-                counts += f", {r['reconnects']} reconnect{'s' * (r['reconnects'] != 1)}, {r['dropped']} dropped"
-            inform(f"summary: {r['source']}: {counts}; {r['end']}{': ' + r['error'] if r['error'] else ''}")
-        if self.unencoded:
-            inform(f"summary: {self.unencoded} frames read while the encoder was unreachable were not scored")
+        from .sinks import summary_lines
+
+        seconds = time.perf_counter() - self._t0
+        self.status.finish(summary_lines(self.report(), self.stats, seconds, self.unencoded))
 
     def _reconnect_note(self) -> str:
         """The live sources' reconnects for the status line: `reconnects 2`, `reconnects 0:1 2:0 (down)`."""
@@ -437,57 +467,113 @@ class Pipeline:
     def _at_limit(self, src: Source) -> bool:
         return self.max_frames is not None and self._read[src.id] >= self.max_frames
 
+    def _reader(self, src: Source) -> Source:
+        """What the run reads `src` through: files and folders on a reader thread of their own (`prefetch`), with
+        pixels only for the frames it will sample unless `decode_all`; live and custom sources as they are."""
+        from .prefetch import PrefetchSource, can_prefetch
+
+        if src.live or not can_prefetch(src):
+            return src
+        stride, offset = self.detector.stride, self.detector.offset
+        needed = None if self.decode_all else (lambda index: is_sampled(index, stride, offset))
+        return PrefetchSource(src, needed, limit=self.max_frames, clock=self.clock)
+
     def _next(self, src: Source) -> Frame | None:
         """The next frame of `src`; None at its end or its frame limit, or (live) when none came in time."""
         if self._at_limit(src):
             return None
-        frame = src.read(timeout=LIVE_WAIT_S) if src.live else src.read()
+        if src.live:
+            with self.clock("decode"):
+                frame = src.read(timeout=LIVE_WAIT_S)
+        else:
+            frame = self._readers.get(src.id, src).read()
         if frame is not None:
             self._read[src.id] += 1
         return frame
 
-    def _process(self, chunk: list[tuple[str, Frame]]) -> Iterator[dict[str, Any]]:
-        """One detector call over a batch; its events reach the sinks before on_frame and the caller see them."""
-        if not chunk:
+    def _submit(self, chunk: list[tuple[str, Frame]]) -> Iterator[dict[str, Any]]:
+        """Prepare `chunk`'s encoder batch and hand it to the encoder thread, then score the batch handed over
+        before it while this one encodes: the next batch's decode, windows and gating, and the last one's SA2,
+        head, localization and sinks all run beside the encoder, off its critical path."""
+        if not chunk:  # nothing read (live sources all quiet): the batch in flight need not wait for more
+            yield from self._drain()
             return
+        batch = self.detector.prepare(chunk)
+        if batch.sampled:
+            future = self._encoder.submit(self._encode, batch)  # type: ignore[union-attr]
+        else:  # no sampled frame (a live source's frame in between): no encoder call, no hand-off
+            future = Future()
+            future.set_result(self.detector.encode(batch))
+        previous, self._inflight = self._inflight, (chunk, batch, future)
+        if previous is not None:
+            yield from self._score(*previous)
+
+    def _drain(self) -> Iterator[dict[str, Any]]:
+        """Score the batch in flight, if any: before a stream ends, a source changes state, or the run ends."""
+        previous, self._inflight = self._inflight, None
+        if previous is not None:
+            yield from self._score(*previous)
+
+    def _encode(self, batch: Batch) -> Any:
+        """The encoder call (on the encoder thread). After a remote encoder stayed unreachable, the batches queued
+        behind the failed one are not sent (the run is stopping; they count as unencoded)."""
+        from .backends.base import EncoderUnavailable
+
+        if self._encoder_failed:
+            return None
+        try:
+            return self.detector.encode(batch)
+        except EncoderUnavailable:
+            self._encoder_failed = True
+            raise
+
+    def _score(self, chunk: list[tuple[str, Frame]], batch: Batch, future: Future[Any]) -> Iterator[dict[str, Any]]:
+        """A batch's embeddings through the detector (SA2, head, alarms, localization); its events reach the sinks
+        before on_frame and the caller see them."""
         from .backends.base import EncoderUnavailable
 
         try:
-            events = self.detector.process(chunk)
+            embeddings = future.result()
         except EncoderUnavailable as err:  # what was encoded before is still scored: a stop, then `err` at the end
-            self.engine_error, self.unencoded = self.engine_error or err, self.unencoded + len(chunk)
+            embeddings, self.engine_error = None, self.engine_error or err
             self.stop()
+        if embeddings is None or self.engine_error is not None:  # this batch or one before it was not encoded
+            self.unencoded += len(chunk)
             yield from self._take_engine_events()
             return
         yield from self._take_engine_events()
-        events = self._write(events)
+        events = self._write(self.detector.complete(batch, embeddings))
         if self.on_frame is not None:
             for sid, frame in chunk:
                 self.on_frame(sid, frame)
         yield from events
 
     def _engine_event(self, event: dict[str, Any]) -> None:
-        """A remote encoder's state change, during a detector call: one log line and the sinks at once (an
+        """A remote encoder's state change, during an encoder call: one log line and the sinks at once (an
         operator learns of an outage when it starts, not when it ends); the iterator gets it after the call."""
         inform(f"engine {event.get('engine')} {event.get('state')}: {event.get('reason')}")
-        self._write([event])
-        self._engine_events.append(event)
+        with self._lock:
+            self._write([event])
+            self._engine_events.append(event)
 
     def _take_engine_events(self) -> list[dict[str, Any]]:
-        events, self._engine_events = self._engine_events, []
+        with self._lock:
+            events, self._engine_events = self._engine_events, []
         return events
 
     def _write(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for sink in self.sinks:
-            sink.write(events)
-        self.events_out += len(events)
-        if self.observer is not None and events:
-            self.observer.write(events)
+        with self._lock, self.clock("sinks"):
+            for sink in self.sinks:
+                sink.write(events)
+            self.events_out += len(events)
+            if self.observer is not None and events:
+                self.observer.write(events)
         return events
 
     def _snippet(self, snippet: Snippet) -> None:
-        for sink in self.sinks:
-            sink.snippet(snippet)
+        with self._lock, self.clock("sinks"):
+            for sink in self.sinks:
+                sink.snippet(snippet)
         if self._chained is not None:
             self._chained(snippet)
 

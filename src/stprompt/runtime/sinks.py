@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from ..draw import RED, draw_boxes, draw_score_bar, overlay_heat
-from ..errors import UserError, first_line, status_line_open, warn
+from ..errors import UserError, first_line, inform, status_line_open, warn
 from .sources import redact
 
 if TYPE_CHECKING:
@@ -128,13 +128,24 @@ class Sink:
         """Flush and release; called once when the run ends, however it ends."""
 
 
-def annotate(snippet: Snippet, threshold: float, text: str) -> np.ndarray:
-    """The frame a person looks at, for the video file and the live window alike: the heat map on alarms, red
-    boxes, and the score bar (its threshold mark and `text`)."""
+def caption(event: Mapping[str, Any], threshold: float, name: str | None = None) -> str:
+    """What the annotated frame says, two lines: the source's name and the frame; the score against the alarm
+    threshold and the most likely class (the event's `class`): what the score bar and its colour mean, in words."""
+    score = float(event["score"])
+    name = name if name is not None else str(event["source"]).rstrip("/").rsplit("/", 1)[-1]
+    versus = ">=" if score >= threshold else "<"
+    verdict = f"score {score:.2f} {versus} alarm {threshold:.2f}"
+    return f"{name}  frame {event['frame']}\n{verdict}  top class {event['class']}"
+
+
+def annotate(snippet: Snippet, threshold: float, text: str | None = None) -> np.ndarray:
+    """The frame a person looks at, for the video file and the live window alike: the heat map on alarms (colour and
+    opacity follow the heat), red boxes with their scores, and the score bar with its threshold mark and `text`
+    (default `caption`) on dark plates, legible on any background."""
     img = snippet.image.copy() if snippet.heat is None else overlay_heat(snippet.image, snippet.heat)
     if snippet.boxes is not None:
         draw_boxes(img, snippet.boxes, RED)
-    draw_score_bar(img, snippet.event["score"], threshold, text)
+    draw_score_bar(img, snippet.event["score"], threshold, caption(snippet.event, threshold) if text is None else text)
     return img
 
 
@@ -378,9 +389,7 @@ class VideoSink(Sink):
 
     def snippet(self, snippet: Snippet) -> None:
         writer = self._writer(snippet.source, snippet.image)
-        e = snippet.event
-        name = e["source"].rstrip("/").rsplit("/", 1)[-1]  # a file's name, not its whole path
-        img = annotate(snippet, self.threshold, f"{name} frame {e['frame']} {e['score']:.2f} {e['class']}")
+        img = annotate(snippet, self.threshold)  # a file's name in the caption, not its whole path
         if (img.shape[1], img.shape[0]) != self.size[snippet.source]:
             img = cv2.resize(img, self.size[snippet.source])
         try:
@@ -430,7 +439,8 @@ class DisplaySink(Sink):
         return int(index)
 
     def snippet(self, snippet: Snippet) -> None:
-        cv2.imshow(self.window, annotate(snippet, self.threshold, f"{snippet.source} {snippet.event['score']:.2f}"))
+        cv2.imshow(self.window, annotate(snippet, self.threshold, caption(snippet.event, self.threshold,
+                                                                          snippet.source)))  # fmt: skip
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.stop_requested = True
 
@@ -546,13 +556,14 @@ def open_outputs(outputs: Sequence[str | Output | Sink], ctx: OutputContext | No
 
 
 class Status:
-    """A one-line status on stderr, refreshed at most twice a second."""
+    """A one-line status on stderr, refreshed at most twice a second, and the run's summary in its place at the end."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.start = time.perf_counter()
         self.last = 0.0
         self.frames = 0
+        self.width = 0  # characters of the status line now on stderr without its newline (0: none)
 
     def update(self, frames: int, stats: dict[str, int], latency: float, drops: int, force: bool = False,
                skipped_frames: int = 0, reconnects: str = "") -> None:  # fmt: skip
@@ -567,12 +578,49 @@ class Status:
         batch = stats["crops"] / max(stats["encoder_calls"], 1)
         skipped = stats.get("gated_crops", 0)
         gated = f"gated {skipped / max(1, skipped + stats['crops']):.0%} | " if skipped else ""
-        print(
-            f"\rstp-run: {self.frames} frames {self.frames / dt:.1f} fps in | {stats['sampled'] / dt:.2f} sampled/s | "
+        text = (
+            f"stp-run: {self.frames} frames {self.frames / dt:.1f} fps in | {stats['sampled'] / dt:.2f} sampled/s | "
             f"batch {batch:.0f} | {gated}latency {latency:.2f}s | alarms {stats['alarms']} | drops {drops}"
-            f"{f' | skipped {skipped_frames}' if skipped_frames else ''}{f' | {reconnects}' if reconnects else ''}   ",
-            end="\n" if force else "",
-            file=sys.stderr,
-            flush=True,
+            f"{f' | skipped {skipped_frames}' if skipped_frames else ''}{f' | {reconnects}' if reconnects else ''}   "
         )
+        print("\r" + text, end="\n" if force else "", file=sys.stderr, flush=True)
+        self.width = 0 if force else len(text)
         status_line_open(not force)  # a warning printed now starts on a line of its own
+
+    def finish(self, lines: Sequence[str]) -> None:
+        """The run's summary, in place of the status line: on a terminal the refreshed line gives way to it, so a
+        run ends with its summary alone (elsewhere the status line is ended first)."""
+        if self.quiet:
+            return
+        if self.width:
+            if getattr(sys.stderr, "isatty", lambda: False)():
+                print("\r" + " " * self.width, end="\r", file=sys.stderr, flush=True)  # blanked, the summary on it
+            else:
+                print(file=sys.stderr, flush=True)  # a log keeps the last status line, ended
+            self.width = 0
+            status_line_open(False)
+        for line in lines:
+            inform(line)
+
+
+def summary_lines(report: Sequence[Mapping[str, Any]], stats: Mapping[str, int], seconds: float,
+                  unencoded: int = 0) -> list[str]:  # fmt: skip
+    """stp-run's last words: one line for one source (how it ended, frames, snippets, alarms, wall time,
+    throughput); with several, one line per source and a line of totals."""
+
+    def source(r: Mapping[str, Any]) -> str:
+        counts = f"{r['frames']} frames"
+        if r["live"]:
+            counts += f", {r['reconnects']} reconnect{'s' * (r['reconnects'] != 1)}, {r['dropped']} dropped"
+        return f"{r['source']}: {counts}; {r['end']}{': ' + r['error'] if r['error'] else ''}"
+
+    frames, alarms = int(stats.get("frames", 0)), int(stats.get("alarms", 0))
+    rate = f"{frames / seconds:.1f} frames/s" if seconds > 0 else "- frames/s"
+    work = f"{stats.get('snippets', 0)} snippets, {alarms} alarm{'s' * (alarms != 1)} in {seconds:.1f} s ({rate})"
+    if len(report) == 1:
+        lines = [f"summary: {source(report[0])}; {work}"]
+    else:
+        lines = [*(f"summary: {source(r)}" for r in report), f"summary: {len(report)} sources: {frames} frames, {work}"]
+    if unencoded:
+        lines.append(f"summary: {unencoded} frames read while the encoder was unreachable were not scored")
+    return lines

@@ -6,6 +6,7 @@
 - `rtsp://`, `rtsps://`, `rtmp://`, `http(s)://`: a network stream through FFmpeg (live, reconnects)
 - a video file path or `file://path`: every frame at full speed, none dropped; one that ends before the frame
   count its container declares (truncated, damaged) gets a warning line
+- `nvdec:PATH`: a video file decoded on an NVIDIA GPU through PyNvVideoCodec (`runtime.nvdec`; GPU appliances)
 - a directory of jpg/jpeg/png/bmp images (sorted by name), optional `?fps=N` (default 25); an unreadable image
   is skipped with a warning line and counted in `stats["skipped"]`, its index left unused (as a dropped frame
   leaves it, so the times of the others stay right)
@@ -13,8 +14,8 @@
 Live sources decode on a reader thread that keeps only the newest frame: a pipeline slower than the camera
 skips frames (counted in `stats["dropped"]`) instead of building latency. They reconnect with capped exponential
 backoff (0.5 s doubling to 8 s), forever by default and also when not up yet at start-up, and report each state
-change as a `source` event (LiveSource). Files and image folders are read on
-the caller's thread and never drop a frame, so a file gives exactly the frames `stp-extract` sees.
+change as a `source` event (LiveSource). Files and image folders never drop a frame, so a file gives exactly the
+frames `stp-extract` sees; the Pipeline reads each on a thread of its own (`runtime.prefetch`).
 """
 
 from __future__ import annotations
@@ -145,12 +146,22 @@ class Source(abc.ABC):
 
 
 class VideoFileSource(Source):
-    """Every frame of a video file in order, index = decode position, time = index / fps."""
+    """Every frame of a video file in order, index = decode position, time = index / fps.
 
-    def __init__(self, path: Path, source_id: str | None = None, uri: str | None = None):
+    `read(retrieve=False)` advances past a frame without its pixels (OpenCV's grab without retrieve: the frame is
+    decoded, but neither converted to BGR nor copied out); the Frame then has `image` None. The pipeline asks for
+    pixels only for the frames it samples: one frame in 16 at stride 16.
+    """
+
+    skips_pixels = True  # read(retrieve=False) is supported
+
+    def __init__(self, path: Path, source_id: str | None = None, uri: str | None = None, threads: int | None = 1):
+        """`threads`: the decoder's own threads (None: OpenCV's default, one per core). One by default: the
+        pipeline reads each file on a thread of its own, and several streams then use the cores better than a
+        decoder that splits every stream's frames over all of them (FFmpeg's output is the same either way)."""
         if not path.is_file():
             raise UserError(f"video file not found: {path}")
-        cap = cv2.VideoCapture(str(path))
+        cap = _open_file(path, threads)
         if not cap.isOpened():
             cap.release()
             raise UserError(f"{path}: OpenCV cannot open it as a video (not a video, corrupt, or an unsupported codec)")
@@ -168,13 +179,22 @@ class VideoFileSource(Source):
         self._pending: np.ndarray | None = image
         self._next = 0
 
-    def read(self, timeout: float | None = None) -> Frame | None:
+    @property
+    def next_index(self) -> int:
+        """The index of the frame the next read() returns."""
+        return self._next
+
+    def read(self, timeout: float | None = None, retrieve: bool = True) -> Frame | None:
         if self._cap is None:
             return None
         image, self._pending = self._pending, None
         if image is None:
-            ok, image = self._cap.read()
-            if not ok or image is None:
+            if retrieve:
+                ok, image = self._cap.read()
+                ok = ok and image is not None
+            else:
+                ok = self._cap.grab()
+            if not ok:
                 self.close()
                 self._check_length()
                 return None
@@ -196,6 +216,18 @@ class VideoFileSource(Source):
             self._cap = None
         self._pending = None
         self._done = True
+
+
+def _open_file(path: Path, threads: int | None) -> Any:
+    """cv2.VideoCapture of a file with `threads` decoder threads, where the backend takes that setting (else its
+    default)."""
+    prop = getattr(cv2, "CAP_PROP_N_THREADS", None)
+    if threads is not None and prop is not None:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_ANY, [prop, int(threads)])
+        if cap.isOpened():
+            return cap
+        cap.release()
+    return cv2.VideoCapture(str(path))
 
 
 class ImageFolderSource(Source):
@@ -494,7 +526,7 @@ def _int_query(query: dict[str, list[str]], key: str, default: int, uri: str) ->
 
 def classify_uri(uri: str) -> tuple[str, Any]:
     """(kind, target): ("camera", 0 | "/dev/v4l/..."), ("csi", uri), ("gst", pipeline), ("network", uri),
-    ("folder", (Path, fps)), ("file", Path). Pure parsing: nothing is opened."""
+    ("folder", (Path, fps)), ("file", Path), ("nvdec", Path). Pure parsing: nothing is opened."""
     text = uri.strip()
     if not text:
         raise UserError("empty source URI")
@@ -507,6 +539,10 @@ def classify_uri(uri: str) -> tuple[str, Any]:
         return "camera", device
     if text.lower().startswith("csi://"):
         return "csi", text
+    if text.lower().startswith("nvdec:"):
+        from .nvdec import parse_nvdec
+
+        return "nvdec", parse_nvdec(text)
     if text.lower().startswith("gst:"):
         pipeline = text[4:].removeprefix("//").strip()
         if not pipeline:
@@ -518,7 +554,7 @@ def classify_uri(uri: str) -> tuple[str, Any]:
     if scheme and scheme != "file":
         raise UserError(
             f"{redact(uri)}: unknown source type {scheme + '://'!r}; use a video file, an image folder, camera0, "
-            "/dev/video0, csi://0, gst:<pipeline>, rtsp://, rtmp:// or http(s)://"
+            "/dev/video0, csi://0, gst:<pipeline>, nvdec:<video file>, rtsp://, rtmp:// or http(s)://"
         )
     if scheme == "file":
         text = unquote(text[len("file://") :])
@@ -585,6 +621,10 @@ def open_source(uri: str, *, source_id: str | None = None, reconnect: bool | int
         return VideoFileSource(target, source_id, uri)
     if kind == "folder":
         return ImageFolderSource(target[0], target[1], source_id, uri)
+    if kind == "nvdec":
+        from .nvdec import NvdecFileSource
+
+        return NvdecFileSource(target, source_id, uri)
     if kind == "camera":
         device = f"/dev/video{target}" if isinstance(target, int) else target
         name = f"camera {target}"

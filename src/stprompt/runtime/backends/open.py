@@ -17,6 +17,7 @@ from ...bundle.graphs import HEAD_OUTPUTS
 from ...bundle.manifest import Manifest, load_manifest, manifest_path
 from ...bundle.membership import (
     ONNX_SUFFIXES,
+    OPENVINO_SUFFIXES,
     TORCH_SUFFIXES,
     TRT_SUFFIXES,
     bundle_manifest_for,
@@ -45,13 +46,13 @@ def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = Non
     """
     path = Path(engine)
     suffix = path.suffix.lower()
-    if suffix not in (*ONNX_SUFFIXES, *TRT_SUFFIXES, *TORCH_SUFFIXES):
+    if suffix not in (*ONNX_SUFFIXES, *TRT_SUFFIXES, *OPENVINO_SUFFIXES, *TORCH_SUFFIXES):
         raise UserError(
             f"{path.name}: unknown engine type {suffix or '(no suffix)'!r}; use model.onnx (ONNX Runtime), "
-            "model.plan (TensorRT) or model.pt (PyTorch reference)"
+            "model.plan (TensorRT), model.xml (OpenVINO) or model.pt (PyTorch reference)"
         )
     if not path.is_file():
-        if suffix in TRT_SUFFIXES:
+        if suffix in (*TRT_SUFFIXES, *OPENVINO_SUFFIXES):
             raise UserError(missing_plan(path, manifest))
         raise UserError(f"engine file not found: {path}")
     if max_batch is not None and max_batch < 1:
@@ -86,6 +87,10 @@ def open_backend(engine: str | os.PathLike, *, providers: list[str] | None = Non
         role = bundle_role(path, m, "files")
         require_encoder_role(path, role, m)
         backend = OrtBackend(path, m, role, providers, max_batch)
+    elif suffix in OPENVINO_SUFFIXES:
+        from .openvino import open_openvino
+
+        backend = open_openvino(path, m, max_batch)
     else:
         from .trt import TrtBackend
 
@@ -100,6 +105,10 @@ def missing_plan(path: Path, manifest: str | os.PathLike | None = None) -> str:
     GPU and TensorRT version), so say how to build it, naming the bundle's model.json when it is there."""
     mpath = manifest_path(manifest) if manifest is not None else bundle_manifest_for(path)
     bundle = mpath if mpath.is_file() else "BUNDLE/model.json"
+    if path.suffix.lower() in OPENVINO_SUFFIXES:
+        from .openvino import missing_ir
+
+        return missing_ir(path, bundle)
     return (f"TensorRT plan not found: {path}; plans are built on the target GPU, not by stp-export: "
             f"stp-build {bundle} (or let the container / stp-appliance build them on its first start)")  # fmt: skip
 

@@ -1,0 +1,385 @@
+"""OpenVINO engines of a bundle's image encoder: converted, quantized and gated on the target CPU, cached by key.
+
+OpenVINO is Intel's runtime for its CPUs: matrix work runs on AMX (bf16, INT8) or AVX-512 VNNI where the CPU has
+them. Two engines, each built on request (`stp-build --openvino [--int8]`), beside the manifest:
+
+- `model.xml` (+ .bin): the bundle's fp32 encoder graph as IR (fp32 weights), run with the bf16 inference precision
+  hint where the CPU has bf16 and fp32 where it has not;
+- `model.int8.xml` (+ .bin): that graph quantized by NNCF post-training quantization in transformer mode, on
+  calibration crops (`stprompt.engines.calibration`: the site's footage with --calibrate, else the probe scene).
+
+Each passes the export's kind of gate before it is written: the minimum centred cosine of its embeddings against
+the bundle's fp32 graph on ONNX Runtime over the export's probe crops (and over held-out frames of the footage when
+calibrated on it), and the head's scores fed its embeddings against the head fed the reference's. A failed gate
+writes nothing. The manifest records the engine with its key (`stprompt.bundle.openvino_keys`) and the compile
+settings the runtime must use (the gated precision hint, the performance hint). The temporal head stays on ONNX
+Runtime. Torch-free: openvino and nncf are imported only here, when building or compiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle.graphs import HEAD_OUTPUTS, X_PATCH
+from ..bundle.hashing import sha256_file
+from ..bundle.manifest import Manifest, load_manifest, write_manifest
+from ..bundle.openvino_keys import (
+    BF16_ROLE,
+    HINTS,
+    INT8_ROLE,
+    ir_is_current,
+    ir_path,
+    openvino_cache_key,
+    weights_path,
+)
+from ..bundle.ort import ort_session, run_encoder, run_head
+from ..errors import UserError, first_line
+
+DEFAULT_FRAMES = 6  # calibration frames (50 crops each): 300 crops, NNCF's default subset size
+
+OPENVINO_MISSING = 'OpenVINO is not installed: pip install "stprompt[openvino]"'
+NNCF_MISSING = 'INT8 engines are quantized with NNCF, which is not installed: pip install "stprompt[openvino]"'
+# CPU features that decide how OpenVINO runs bf16 and INT8 (Linux /proc/cpuinfo names); part of the key
+ISA_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+BF16_GATE = 0.995  # bf16 keeps 8 mantissa bits (fp16: 11), so below the export's 0.999 fp16 gate
+INT8_GATE = 0.99  # the export's int8 gate (a bundle's own gates.encoder_int8 threshold wins)
+FP32_GATE = 0.999  # the export's fp32 encoder gate, for CPUs without bf16 (a bundle's own threshold wins)
+SCORE_GATE = 0.02  # head outputs (score, score_c, probs): max abs difference, engine vs reference embeddings
+DEFAULT_HINT = "latency"
+CHUNK = 50  # crops per gate call: one sampled frame
+
+
+def require_openvino():
+    """The openvino module (2024.4 or newer), or one UserError naming the extra."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UserError(OPENVINO_MISSING) from None
+    return ov
+
+
+def openvino_available() -> bool:
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # blocked or half installed
+        return False
+
+
+def require_nncf():
+    """nncf with its log quiet (INFO lines and progress bars are not stp-build's), or one UserError."""
+    # importing nncf imports torch where installed, which warns about CUDA on CPU machines: not ours to print
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    try:
+        import nncf
+    except ImportError:
+        raise UserError(NNCF_MISSING) from None
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
+def nncf_version() -> str:
+    try:
+        return importlib.metadata.version("nncf")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(NNCF_MISSING) from None
+
+
+def openvino_version(ov) -> str:
+    """The full build string (2026.4.1-22982-...): part of the key."""
+    return str(ov.get_version())
+
+
+def short_version(version: str) -> str:
+    """2026.4.1 of a build string, for messages."""
+    return version.split("-")[0]
+
+
+def cpu_target(core) -> dict[str, Any]:
+    """What OpenVINO's CPU plugin can do here (its OPTIMIZATION_CAPABILITIES) and the ISA features behind it."""
+    caps = sorted(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    flags: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {"capabilities": caps, "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def float_precision(cpu: dict[str, Any]) -> str:
+    """bf16 where the CPU plugin offers it (AMX, AVX512_BF16), else fp32."""
+    return "bf16" if "BF16" in cpu["capabilities"] else "fp32"
+
+
+def compile_properties(inference_precision: str, hint: str) -> dict[str, str]:
+    """The properties an engine is compiled with: the gated precision hint and the performance hint."""
+    return {"INFERENCE_PRECISION_HINT": "bf16" if inference_precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": hint.upper()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """What `stp-build --openvino` was asked for."""
+
+    int8: bool = False
+    calibrate: tuple[str, ...] = ()  # videos of the site; empty = the probe scene
+    calibration_frames: int = DEFAULT_FRAMES
+    hint: str = DEFAULT_HINT
+    gate: float | None = None  # min centred cosine; None = by precision (BF16_GATE, the bundle's fp32 / int8 gates)
+    score_gate: float = SCORE_GATE
+
+    def __post_init__(self) -> None:
+        if self.calibrate and not self.int8:
+            raise UserError("--calibrate sets INT8 ranges: add --int8")
+        if self.calibration_frames < 1:
+            raise UserError(f"--calibration-frames must be at least 1, got {self.calibration_frames}")
+        if self.hint not in HINTS:
+            raise UserError(f"--hint must be one of {', '.join(HINTS)}, got {self.hint!r}")
+        if self.gate is not None and not 0 < self.gate <= 1:
+            raise UserError(f"--gate must be in (0, 1], got {self.gate}")
+        if not self.score_gate > 0:
+            raise UserError(f"--score-gate must be > 0, got {self.score_gate}")
+
+
+@dataclass(frozen=True)
+class OpenVinoJob:
+    """The engine these options give on this OpenVINO and CPU, with the key it must carry."""
+
+    role: str
+    precision: str  # the record's: bf16, fp32 or int8
+    inference_precision: str  # bf16 or fp32: the hint ops that are not quantized run at
+    hint: str
+    calibration: dict[str, Any] | None
+    nncf: str | None
+    thresholds: dict[str, float]
+    openvino: str
+    cpu: dict[str, Any] = field(repr=False)
+    key: str = ""
+
+
+def plan_job(manifest: Manifest, opts: OpenVinoOptions, openvino: str, cpu: dict[str, Any]) -> OpenVinoJob:
+    """The job (role, precision, calibration identity, thresholds) and its key; hashes --calibrate videos."""
+    floats = float_precision(cpu)
+    gates = manifest.gates
+    if opts.int8:
+        role, precision = INT8_ROLE, "int8"
+        default = float(gates.get("encoder_int8", {}).get("threshold", INT8_GATE))
+        from . import calibration as calib
+
+        identity = (calib.video_identity(opts.calibrate, opts.calibration_frames) if opts.calibrate
+                    else calib.probe_identity(opts.calibration_frames))  # fmt: skip
+        nncf = nncf_version()
+    else:
+        role, precision, identity, nncf = BF16_ROLE, floats, None, None
+        default = BF16_GATE if floats == "bf16" else float(gates.get("encoder_fp32", {}).get("threshold", FP32_GATE))
+    thresholds = {"cosine": opts.gate if opts.gate is not None else default, "scores": opts.score_gate}
+    onnx_sha = manifest.raw["files"]["encoder"]["sha256"]
+    key = openvino_cache_key(onnx_sha, openvino, cpu, precision, opts.hint, identity, nncf, thresholds)
+    return OpenVinoJob(role, precision, floats, opts.hint, identity, nncf, thresholds, openvino, cpu, key)
+
+
+def target(ov=None) -> tuple[str, dict[str, Any]]:
+    """(OpenVINO version, CPU target) here."""
+    ov = ov or require_openvino()
+    return openvino_version(ov), cpu_target(ov.Core())
+
+
+def encode(compiled, images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """[N, 3, S, S] -> [N, D] float32 through a compiled encoder, `chunk` crops per call."""
+    outs = [np.asarray(compiled(np.ascontiguousarray(images[i : i + chunk]))[0], np.float32)
+            for i in range(0, len(images), chunk)]  # fmt: skip
+    return np.concatenate(outs, axis=0)
+
+
+def quantize(model, crops: np.ndarray, progress: bool = True):
+    """NNCF post-training quantization in transformer mode (SmoothQuant, no quantized softmax / LayerNorm), one
+    calibration crop per sample, every crop used. NNCF's progress bars go to stderr (`progress`) or nowhere: stdout
+    is not stp-build's to fill."""
+    nncf = require_nncf()
+    dataset = nncf.Dataset([crops[i : i + 1] for i in range(len(crops))])
+    with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+        try:
+            return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(crops))
+        except Exception as err:  # noqa: BLE001 - NNCF raises its own and the backend's types
+            raise UserError(f"NNCF could not quantize the encoder: {first_line(err)}") from None
+
+
+def head_scores_gate(reference: np.ndarray, candidate: np.ndarray, per_frame: int, head_session,
+                     threshold: float) -> dict[str, Any]:  # fmt: skip
+    """Max |head(candidate) - head(reference)| over score, score_c, probs, the crops taken as consecutive sampled
+    frames (full frame then its windows) of one stream."""
+    frames = len(reference) // per_frame
+
+    def head(emb: np.ndarray) -> dict[str, np.ndarray]:
+        e = emb[: frames * per_frame].reshape(frames, per_frame, -1)
+        return run_head(head_session, np.ascontiguousarray(e[:, 0]), np.ascontiguousarray(e[:, 1:]), X_PATCH)
+
+    ref, cand = head(reference), head(candidate)
+    worst = max(float(np.abs(cand[k] - ref[k]).max()) for k in HEAD_OUTPUTS)
+    return {
+        "metric": "max abs difference of the head's score, score_c, probs fed the engine's embeddings vs fed the "
+        "fp32 graph's (ONNX Runtime)",
+        "max_abs": worst,
+        "threshold": threshold,
+        "passed": bool(worst <= threshold),
+        "snippets": frames,
+    }
+
+
+def gate_engine(manifest: Manifest, compiled, job: OpenVinoJob, holdout: np.ndarray | None,
+                log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Gate records of a compiled engine: probe crops (as the export), held-out footage, head scores."""
+    from ..export.gates import describe, encoder_gate
+    from ..export.probe import PROBE_SEED, PROBE_SIZE, probe_batch
+    from ..windows import crops_per_frame
+
+    pre = manifest.preprocess
+    frames = int(manifest.gates.get("probe", {}).get("frames", 2))
+    probe = probe_batch(frames, pre)
+    reference_session = ort_session(manifest.file("encoder"))
+    provider = f"OpenVINO CPU ({job.precision}, {job.inference_precision} hint)"
+    gates: dict[str, Any] = {"probe": {
+        "frames": frames, "crops": int(len(probe)),
+        "scene": f"stprompt.export.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
+        "reference": f"{manifest.file('encoder').name} (fp32) on ONNX Runtime CPU",
+    }}  # fmt: skip
+    sets = {"encoder": probe} if holdout is None else {"encoder": probe, "footage": holdout}
+    head = ort_session(manifest.file("head"))
+    per_frame = crops_per_frame(pre=pre)
+    scores = []
+    for name, crops in sets.items():
+        reference = run_encoder(reference_session, crops, batch=CHUNK)
+        candidate = encode(compiled, crops)
+        gates[name] = encoder_gate(candidate, reference, job.thresholds["cosine"], provider=provider)
+        if name == "footage":
+            gates[name]["metric"] = gates[name]["metric"].replace("probe crops", "held-out footage crops")
+        scores.append(head_scores_gate(reference, candidate, per_frame, head, job.thresholds["scores"]))
+    gates["scores"] = max(scores, key=lambda g: g["max_abs"])
+    for name, g in gates.items():
+        if name != "probe":
+            log(f"stp-build: {describe(name, g)}")
+    return gates
+
+
+def require_gates(name: str, gates: dict[str, Any], int8: bool) -> None:
+    """One UserError naming every failed gate and what to try instead; nothing has been written then."""
+    failed = []
+    for gate, g in gates.items():
+        if isinstance(g, dict) and g.get("passed") is False:
+            value, op = (g["min"], ">=") if "min" in g else (g["max_abs"], "<=")
+            failed.append(f"{gate} {value:.6g} (needs {op} {g['threshold']})")
+    if failed:
+        instead = ("calibrate on other footage with --calibrate, or use the bf16 engine: stp-build --openvino" if int8
+                   else "run the fp32 graph on ONNX Runtime: stp-run --engine model.onnx")  # fmt: skip
+        raise UserError(f"{name}: accuracy gate failed: {'; '.join(failed)}; nothing written ({instead})")
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}.xml")
+
+
+def build_openvino_engine(
+    manifest_file: str | os.PathLike,
+    opts: OpenVinoOptions,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> Manifest:
+    """Build (or reuse) the OpenVINO engine `opts` asks for, gate it, and record it in the manifest. `progress`:
+    NNCF's progress bars on stderr."""
+    manifest = load_manifest(manifest_file)
+    ov = require_openvino()
+    if opts.int8:
+        require_nncf()
+    version, cpu = target(ov)
+    job = plan_job(manifest, opts, version, cpu)
+    xml = ir_path(manifest, job.role)
+    if not force and ir_is_current(manifest, job.role, job.key):
+        log(f"stp-build: {xml.name} is current (key {job.key[:12]}), not rebuilt")
+        return manifest
+    isa = " ".join(cpu["isa"]) or "no AVX2"
+    what = f"{job.precision}, {job.hint} hint, OpenVINO {short_version(version)}, CPU {isa}"
+    log(f"stp-build: building {xml.name} from {manifest.file('encoder').name} ({what}) ...")
+    start = time.perf_counter()
+    core = ov.Core()
+    try:
+        model = ov.convert_model(os.fspath(manifest.file("encoder")))
+    except Exception as err:  # noqa: BLE001 - the converter raises its own types
+        raise UserError(f"{manifest.file('encoder').name}: OpenVINO cannot convert it: {first_line(err)}") from None
+    holdout = None
+    if opts.int8:
+        from . import calibration as calib
+
+        pre = manifest.preprocess
+        if opts.calibrate:
+            data = calib.video_calibration(opts.calibrate, manifest.stride, manifest.offset, pre,
+                                           opts.calibration_frames, job.calibration)  # fmt: skip
+        else:
+            data = calib.probe_calibration(pre, opts.calibration_frames)
+        what = "the probe scene" if data.holdout is None else "site footage and the probe scene"
+        log(f"stp-build: calibrating INT8 on {len(data.crops)} crops of {what} (NNCF, transformer mode) ...")
+        model = quantize(model, data.crops, progress)
+        holdout = data.holdout
+    staged = _partial(xml)
+    try:
+        ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
+        compiled = core.compile_model(core.read_model(os.fspath(staged)), "CPU",
+                                      compile_properties(job.inference_precision, job.hint))  # fmt: skip
+        gates = gate_engine(manifest, compiled, job, holdout, log)
+        require_gates(xml.name, gates, opts.int8)
+        os.replace(weights_path(staged), weights_path(xml))
+        os.replace(staged, xml)
+    finally:
+        staged.unlink(missing_ok=True)
+        weights_path(staged).unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    record = engine_record(manifest, job, xml, gates, seconds)
+    doc = dict(manifest.raw, engines={**manifest.engines, job.role: record})
+    write_manifest(manifest.path, doc)
+    log(f"stp-build: wrote {xml.name} and {weights_path(xml).name} in {seconds:.1f} s")
+    return Manifest(path=manifest.path, raw=doc)
+
+
+def engine_record(manifest: Manifest, job: OpenVinoJob, xml: Path, gates: dict[str, Any],
+                  seconds: float) -> dict[str, Any]:  # fmt: skip
+    """The manifest's `engines` entry: files and hashes, the key and what it was made of, the gates it passed."""
+    weights = weights_path(xml)
+    return {
+        "path": xml.name,
+        "sha256": sha256_file(xml),
+        "weights": {"path": weights.name, "sha256": sha256_file(weights), "bytes": weights.stat().st_size},
+        "key": job.key,
+        "openvino": job.openvino,
+        "cpu": job.cpu,
+        "precision": job.precision,
+        "inference_precision": job.inference_precision,
+        "hint": job.hint,
+        "calibration": job.calibration,
+        "nncf": job.nncf,
+        "thresholds": job.thresholds,
+        "onnx": manifest.file("encoder").name,
+        "gates": gates,
+        "build_seconds": round(seconds, 1),
+    }
+
+
+def build_openvino_engines(manifest_file: str | os.PathLike, jobs: Sequence[OpenVinoOptions], force: bool = False,
+                           log: Callable[[str], None] = print) -> Manifest:  # fmt: skip
+    """Several engines in turn (stp-bench: bf16 and INT8); the manifest after the last."""
+    manifest = load_manifest(manifest_file)
+    for opts in jobs:
+        manifest = build_openvino_engine(manifest_file, opts, force=force, log=log)
+    return manifest

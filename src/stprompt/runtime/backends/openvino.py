@@ -1,0 +1,101 @@
+"""OpenVINO on the CPU: the encoder IR stp-build converted (bf16 hint) or quantized (INT8) here, the heads on ONNX
+Runtime.
+
+The engine is compiled with what its manifest record says was gated (the inference precision hint) and the
+performance hint chosen at build. LATENCY: one stream using every core, one synchronous request per encoder call.
+THROUGHPUT: OpenVINO compiles several streams (2 on 2 vCPUs) and a single synchronous request would keep only one of
+them busy, so each encoder call is cut into as many parts as OpenVINO's optimal number of requests and they run
+concurrently (`AsyncInferQueue`). An engine whose key no longer matches (another OpenVINO version or CPU, another
+export) is refused, never run.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...bundle.manifest import Manifest
+from ...bundle.membership import bundle_role
+from ...bundle.openvino_keys import OPENVINO_ROLES, ir_is_current, recorded_key
+from ...bundle.ort import CPU
+from ...engines import openvino as ov_engines
+from ...errors import UserError, first_line
+from .base import BackendBase
+from .ort import OrtHeads
+
+
+def open_openvino(xml: Path, manifest: Manifest, max_batch: int | None) -> OpenVinoBackend:
+    """The backend for an IR the manifest records (by sha256) as one of its OpenVINO engines."""
+    role = bundle_role(xml, manifest, "engines")
+    if role not in OPENVINO_ROLES:
+        raise UserError(f"{xml.name} is the bundle's {role!r} engine, not an OpenVINO encoder")
+    return OpenVinoBackend(xml, manifest, role, max_batch)
+
+
+def missing_ir(xml: Path, bundle: Path | str) -> str:
+    """Why an OpenVINO engine named on the command line is absent, and how to build it."""
+    int8 = " --int8" if xml.name.endswith(".int8.xml") else ""
+    return (f"OpenVINO engine not found: {xml}; it is built on the target CPU, not by stp-export: stp-build "
+            f"--openvino{int8} {bundle} (or let the CPU container / stp-appliance build it on its first start)")
+
+
+class OpenVinoBackend(BackendBase):
+    """An OpenVINO IR built by `stp-build --openvino` for this bundle, OpenVINO version and CPU."""
+
+    def __init__(self, xml: Path, manifest: Manifest, role: str, max_batch: int | None):
+        ov = ov_engines.require_openvino()
+        core = ov.Core()
+        version, cpu = ov_engines.openvino_version(ov), ov_engines.cpu_target(core)
+        record: dict[str, Any] = manifest.engines[role]
+        if not ir_is_current(manifest, role, recorded_key(manifest, record, version, cpu)):
+            int8 = " --int8" if record.get("precision") == "int8" else ""
+            raise UserError(
+                f"{xml.name} was not built for this bundle on OpenVINO {ov_engines.short_version(version)} and this "
+                f"CPU (stale or foreign engine); rebuild it here: stp-build --openvino{int8} {manifest.path}"
+            )
+        properties = ov_engines.compile_properties(record["inference_precision"], record["hint"])
+        try:
+            self._compiled = core.compile_model(core.read_model(str(xml)), "CPU", properties)
+        except Exception as err:  # noqa: BLE001 - OpenVINO raises its own types
+            raise UserError(f"{xml.name}: OpenVINO cannot compile it: {first_line(err)}") from None
+        self._requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._sync = self._compiled.create_infer_request()
+        self._queue = ov.AsyncInferQueue(self._compiled, self._requests) if self._requests > 1 else None
+        self.manifest, self.path, self.dim, self.max_batch = manifest, xml, manifest.dim, max_batch
+        self.preprocess = manifest.preprocess
+        self.precision, self.hint = record["precision"], record["hint"]
+        self.name = f"openvino[CPU,{self.precision},{self.hint},{self._requests} requests]"
+        self._heads = OrtHeads(manifest, [CPU])
+        self._lock = threading.Lock()  # one request set: calls from several threads take turns
+
+    def _encode_batch(self, images: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._infer(images)
+
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        if self._queue is None or len(images) < 2:
+            return np.array(self._sync.infer({0: images})[0], np.float32)
+        parts = np.array_split(images, min(self._requests, len(images)))
+        outs: list[np.ndarray | None] = [None] * len(parts)
+
+        def done(request, index: int) -> None:
+            outs[index] = np.array(request.get_output_tensor(0).data, np.float32)  # copied: the request is reused
+
+        self._queue.set_callback(done)
+        for i, part in enumerate(parts):
+            self._queue.start_async({0: np.ascontiguousarray(part)}, i)
+        self._queue.wait_all()
+        return np.concatenate(outs, axis=0)
+
+    def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._heads.head(x_clip, x_patch)
+
+    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
+        return self._heads.head_features(x_clip, x_as)
+
+    def close(self) -> None:
+        self._queue = self._sync = self._compiled = None
+        self._heads.close()
