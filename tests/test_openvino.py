@@ -188,8 +188,6 @@ def test_stp_run_on_the_openvino_engine_equals_onnx_runtime_within_the_gate(ov_b
 
 
 def test_backend_names_its_settings_and_splits_calls_over_requests(ov_bundle):
-    import openvino
-
     backend, _ = open_backend(ov_bundle.with_name("model.xml"), max_batch=3)
     reference, _ = open_backend(ov_bundle.with_name("model.onnx"))
     try:
@@ -199,9 +197,9 @@ def test_backend_names_its_settings_and_splits_calls_over_requests(ov_bundle):
         emb = backend.encode(images)  # 3 + 3 + 2: split at max_batch, then over the requests
         assert emb.shape == (8, backend.dim) and emb.dtype == np.float32
         assert centered_cosine(emb, expected).min() > 0.99  # a row out of order would fail this
-        backend._requests, backend._queue = 3, openvino.AsyncInferQueue(backend._compiled, 3)  # 3 in flight
+        backend._infer_requests = [backend._compiled.create_infer_request() for _ in range(3)]  # 3 in flight
         assert centered_cosine(backend.encode(images), expected).min() > 0.99
-        backend._queue = None  # one synchronous request (the latency hint's path)
+        backend._infer_requests = backend._infer_requests[:1]  # one synchronous request (the latency hint's path)
         assert centered_cosine(backend.encode(images), expected).min() > 0.99
     finally:
         backend.close()

@@ -41,14 +41,19 @@ def random_bundle(clip_spec: str, out_dir: Path, int8: bool = False, fp16: bool 
 
 def openvino_engines(manifest: Path, wanted: set[str], log=print) -> None:
     """The OpenVINO engines a --clip run wants, built as `stp-build --openvino [--int8]` builds them (INT8 calibrated
-    on the probe scene); none where OpenVINO (or, for INT8, NNCF) is not installed: those backends are then skipped."""
+    on the probe scene); none where OpenVINO (or, for INT8, NNCF) is not installed or an engine fails its gate: those
+    backends are then skipped."""
     import importlib.util
 
     from ..engines.openvino import OpenVinoOptions, build_openvino_engine, openvino_available
+    from ..errors import UserError
 
     if not openvino_available():
         return
     for name, int8 in (("openvino-bf16", False), ("openvino-int8", True)):
         if name in wanted and (not int8 or importlib.util.find_spec("nncf") is not None):
             log(f"stp-bench: building the {name} engine (stp-build --openvino{' --int8' * int8})")
-            build_openvino_engine(manifest, OpenVinoOptions(int8=int8), log=lambda _msg: None, progress=False)
+            try:
+                build_openvino_engine(manifest, OpenVinoOptions(int8=int8), log=lambda _msg: None, progress=False)
+            except UserError as err:  # a failed gate: the backend is then skipped (no engine file), saying why here
+                log(f"stp-bench: {name} not built: {err}")

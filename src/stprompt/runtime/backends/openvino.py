@@ -4,8 +4,8 @@ Runtime.
 The engine is compiled with what its manifest record says was gated (the inference precision hint) and the
 performance hint chosen at build. LATENCY: one stream using every core, one synchronous request per encoder call.
 THROUGHPUT: OpenVINO compiles several streams (2 on 2 vCPUs) and a single synchronous request would keep only one of
-them busy, so each encoder call is cut into as many parts as OpenVINO's optimal number of requests and they run
-concurrently (`AsyncInferQueue`). An engine whose key no longer matches (another OpenVINO version or CPU, another
+them busy, so each encoder call is cut into as many parts as OpenVINO's optimal number of requests, one infer
+request each, all started together. An engine whose key no longer matches (another OpenVINO version or CPU, another
 export) is refused, never run.
 """
 
@@ -61,13 +61,15 @@ class OpenVinoBackend(BackendBase):
             self._compiled = core.compile_model(core.read_model(str(xml)), "CPU", properties)
         except Exception as err:  # noqa: BLE001 - OpenVINO raises its own types
             raise UserError(f"{xml.name}: OpenVINO cannot compile it: {first_line(err)}") from None
-        self._requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._sync = self._compiled.create_infer_request()
-        self._queue = ov.AsyncInferQueue(self._compiled, self._requests) if self._requests > 1 else None
+        n = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        # plain requests, no Python callbacks: a callback would need the GIL on OpenVINO's stream threads, and the
+        # compiled model's destructor joins those threads while holding it (a deadlock at close, seen with
+        # AsyncInferQueue)
+        self._infer_requests = [self._compiled.create_infer_request() for _ in range(max(1, n))]
         self.manifest, self.path, self.dim, self.max_batch = manifest, xml, manifest.dim, max_batch
         self.preprocess = manifest.preprocess
         self.precision, self.hint = record["precision"], record["hint"]
-        self.name = f"openvino[CPU,{self.precision},{self.hint},{self._requests} requests]"
+        self.name = f"openvino[CPU,{self.precision},{self.hint},{len(self._infer_requests)} requests]"
         self._heads = OrtHeads(manifest, [CPU])
         self._lock = threading.Lock()  # one request set: calls from several threads take turns
 
@@ -76,19 +78,16 @@ class OpenVinoBackend(BackendBase):
             return self._infer(images)
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
-        if self._queue is None or len(images) < 2:
-            return np.array(self._sync.infer({0: images})[0], np.float32)
-        parts = np.array_split(images, min(self._requests, len(images)))
-        outs: list[np.ndarray | None] = [None] * len(parts)
-
-        def done(request, index: int) -> None:
-            outs[index] = np.array(request.get_output_tensor(0).data, np.float32)  # copied: the request is reused
-
-        self._queue.set_callback(done)
-        for i, part in enumerate(parts):
-            self._queue.start_async({0: np.ascontiguousarray(part)}, i)
-        self._queue.wait_all()
-        return np.concatenate(outs, axis=0)
+        """One part of the call per request, all in flight at once (one request: a plain synchronous call)."""
+        requests = self._infer_requests[: min(len(self._infer_requests), len(images))]
+        if len(requests) == 1:
+            return np.array(requests[0].infer({0: images})[0], np.float32)
+        parts = np.array_split(images, len(requests))
+        for request, part in zip(requests, parts, strict=True):
+            request.start_async({0: np.ascontiguousarray(part)})
+        for request in requests:
+            request.wait()
+        return np.concatenate([np.array(r.get_output_tensor(0).data, np.float32) for r in requests], axis=0)
 
     def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
         return self._heads.head(x_clip, x_patch)
@@ -97,5 +96,6 @@ class OpenVinoBackend(BackendBase):
         return self._heads.head_features(x_clip, x_as)
 
     def close(self) -> None:
-        self._queue = self._sync = self._compiled = None
+        self._infer_requests = []
+        self._compiled = None
         self._heads.close()
