@@ -134,7 +134,7 @@ def test_head_onnx_of_an_ablation_config_matches_pytorch(tmp_path):
 
 def test_encoder_onnx_matches_pytorch_with_dynamic_batch(bundle, tiny_clip):
     from stprompt.bundle.ort import run_encoder
-    from stprompt.export.probe import probe_batch
+    from stprompt.bundle.probe import probe_batch
 
     images = probe_batch(1)
     session = ort(bundle.with_name("model.onnx"))
@@ -184,9 +184,9 @@ def test_manifest_reader_and_trt_module_import_without_torch(bundle):
     code = (
         "import sys\n"
         "from stprompt.bundle.manifest import load_manifest\n"
-        "from stprompt.bundle import engine_keys, ort, compare, membership, preprocess\n"
+        "from stprompt.bundle import engine_keys, ort, compare, membership, preprocess, gates, probe\n"
         "from stprompt.engines import tensorrt, build_cli\n"
-        "from stprompt.export import trt_ops, gates\n"
+        "from stprompt.export import trt_ops\n"
         f"m = load_manifest({str(bundle)!r})\n"
         "m.load_queries()\n"
         "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch imported'\n"
@@ -455,8 +455,8 @@ def test_help_lists_defaults(module, capsys):
 @pytest.mark.skipif(os.environ.get("STP_SLOW") != "1", reason="ViT-B-16 export takes minutes; set STP_SLOW=1")
 def test_vit_b16_random_weights_export_matches_pytorch(tmp_path):
     from stprompt.bundle.ort import run_encoder, run_head
+    from stprompt.bundle.probe import probe_batch
     from stprompt.clip.loader import load_clip
-    from stprompt.export.probe import probe_batch
 
     clip = load_clip("ViT-B-16:random:0")
     ckpt = make_checkpoint(clip, tmp_path / "vitb.pt")
@@ -480,8 +480,8 @@ def test_vit_b16_random_weights_export_matches_pytorch(tmp_path):
 def test_tensorrt_engines_build_cache_and_match(bundle_copy):
     import tensorrt as trt
 
+    from stprompt.bundle.probe import probe_batch
     from stprompt.engines.tensorrt import build_bundle_engines, gpu_compute_capability
-    from stprompt.export.probe import probe_batch
 
     m = build_bundle_engines(bundle_copy, log=lambda _m: None, max_batch=64, max_window=64)
     assert set(m.engines) == {"encoder", "head", "head_features"}

@@ -25,11 +25,11 @@ from stprompt.bench import cli as bench_cli  # noqa: E402
 from stprompt.bundle.compare import centered_cosine  # noqa: E402
 from stprompt.bundle.manifest import load_manifest  # noqa: E402
 from stprompt.bundle.openvino_keys import BF16_ROLE, INT8_ROLE  # noqa: E402
+from stprompt.bundle.probe import probe_batch  # noqa: E402
 from stprompt.engines import build_cli  # noqa: E402
 from stprompt.engines import openvino as ov_engines  # noqa: E402
 from stprompt.engines.calibration import video_calibration  # noqa: E402
 from stprompt.errors import UserError  # noqa: E402
-from stprompt.export.probe import probe_batch  # noqa: E402
 from stprompt.runtime import cli as run_cli  # noqa: E402
 from stprompt.runtime.backends import open_backend  # noqa: E402
 

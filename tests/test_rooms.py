@@ -1,6 +1,7 @@
 """The rooms' import rules, read from the source with `ast` and checked by importing with torch blocked.
 
-- `stprompt.runtime` never imports `stprompt.export` (the appliance has no exporter and its dependencies);
+- `stprompt.runtime` and `stprompt.engines` never import `stprompt.export` (the appliance has no exporter and its
+  dependencies; the probe scene and the gates both sides use live in `stprompt.bundle`);
 - `stprompt.bundle`, `stprompt.engines` and `stprompt.runtime` import no `torch` / `open_clip` when they are imported
   (inside functions is fine: the PyTorch reference backend imports torch when it is opened), neither themselves nor
   through the stprompt modules they import at module level;
@@ -202,15 +203,16 @@ def test_the_package_walk_sees_every_room(graph):
 # --- the rules ----------------------------------------------------------------------------------------------------
 
 
-def test_runtime_never_imports_the_exporter(graph):
+@pytest.mark.parametrize("room", ["stprompt.runtime", "stprompt.engines"])
+def test_runtime_and_engines_never_import_the_exporter(graph, room):
     bad = [
         f"{imp.module}:{imp.line} imports {imp.target}"
         for name, imports in graph.items()
-        if in_room(name, "stprompt.runtime")
+        if in_room(name, room)
         for imp in imports
         if in_room(imp.target, "stprompt.export")
     ]
-    assert bad == [], "stprompt.runtime must not depend on stprompt.export:\n" + "\n".join(bad)
+    assert bad == [], f"{room} must not depend on stprompt.export:\n" + "\n".join(bad)
 
 
 def test_bundle_imports_none_of_the_rooms_built_on_it(graph):

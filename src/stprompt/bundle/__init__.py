@@ -12,4 +12,6 @@ Modules (one job each):
 - `ort`         the ONNX Runtime session factory (providers, the fp16 CPU workaround) and graph runners
 - `compare`     output comparison (centred cosine, max abs / rel) for export gates and `stp-run --check`
 - `serving`     the graphs as an inference server hosts them (tensors, identity parameters) and the client's check
+- `probe`       the accuracy-gate probe scene cut into encoder batches (cv2 and `windows`, like the runtime)
+- `gates`       the accuracy gates every engine passes, at export (stp-export) and on the target (stp-build)
 """

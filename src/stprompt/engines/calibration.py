@@ -25,8 +25,8 @@ import numpy as np
 from .. import windows
 from ..bundle.hashing import sha256_file
 from ..bundle.preprocess import Preprocess
+from ..bundle.probe import PROBE_SEED, probe_frame
 from ..errors import UserError
-from ..export.probe import PROBE_SEED, probe_frame
 from ..sampling import is_sampled
 from .openvino import DEFAULT_FRAMES
 

@@ -242,8 +242,8 @@ def head_scores_gate(reference: np.ndarray, candidate: np.ndarray, per_frame: in
 def gate_engine(manifest: Manifest, compiled, job: OpenVinoJob, holdout: np.ndarray | None,
                 log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """Gate records of a compiled engine: probe crops (as the export), held-out footage, head scores."""
-    from ..export.gates import describe, encoder_gate
-    from ..export.probe import PROBE_SEED, PROBE_SIZE, probe_batch
+    from ..bundle.gates import describe, encoder_gate
+    from ..bundle.probe import PROBE_SEED, PROBE_SIZE, probe_batch
     from ..windows import crops_per_frame
 
     pre = manifest.preprocess
@@ -253,7 +253,7 @@ def gate_engine(manifest: Manifest, compiled, job: OpenVinoJob, holdout: np.ndar
     provider = f"OpenVINO CPU ({job.precision}, {job.inference_precision} hint)"
     gates: dict[str, Any] = {"probe": {
         "frames": frames, "crops": int(len(probe)),
-        "scene": f"stprompt.export.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
+        "scene": f"stprompt.bundle.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
         "reference": f"{manifest.file('encoder').name} (fp32) on ONNX Runtime CPU",
     }}  # fmt: skip
     sets = {"encoder": probe} if holdout is None else {"encoder": probe, "footage": holdout}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..bundle import gates as gate_mod
 from ..bundle.engine_keys import BuildSettings
 from ..bundle.graphs import HEAD_FEATURES_INPUTS, HEAD_INPUTS, HEAD_OUTPUTS, X_AS, X_PATCH
 from ..bundle.hashing import file_entry
@@ -27,7 +28,6 @@ from ..bundle.manifest import FORMAT, ROLE_SUFFIXES, manifest_path, write_manife
 from ..bundle.ort import ort_session, run_head
 from ..bundle.preprocess import Preprocess
 from ..errors import UserError
-from . import gates as gate_mod
 from .options import ExportOptions, default_thresholds, resolve_stem
 from .trt_ops import check_graph
 
@@ -143,8 +143,8 @@ def gate_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions, 
     crops by `pre` (the bundle's own preprocessing), the heads at every length in `lengths`."""
     import torch
 
+    from ..bundle.probe import PROBE_SEED, PROBE_SIZE, probe_batch
     from ..clip.image import ImageEncoder
-    from .probe import PROBE_SEED, PROBE_SIZE, probe_batch
 
     probe = probe_batch(opts.probe_frames, pre)
     reference = ImageEncoder(clip_model, batch=64)(probe)
@@ -152,7 +152,7 @@ def gate_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions, 
         "probe": {
             "frames": opts.probe_frames,
             "crops": int(len(probe)),
-            "scene": f"stprompt.export.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
+            "scene": f"stprompt.bundle.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
             "reference": "PyTorch fp32 encode_image on CPU",
         }
     }

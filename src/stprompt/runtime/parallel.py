@@ -55,8 +55,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None =
         for i in share:
             out[i] = fn(items[i])
 
-    for _ in window_pool().map(run, shares):
-        pass
+    list(window_pool().map(run, shares))  # waits for every share; raises the first task's exception
     return out
 
 

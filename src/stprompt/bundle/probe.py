@@ -11,8 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..bundle.preprocess import DEFAULT, Preprocess
 from ..windows import encoder_batch
+from .preprocess import DEFAULT, Preprocess
 
 PROBE_SEED = 1234
 PROBE_SIZE = (320, 240)  # width, height: not square, so the whole-frame resize changes the aspect like a camera

@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
-from ..bundle.compare import centered_cosine, row_cosine
-from ..bundle.ort import CPU, FP16_DISABLED_OPTIMIZERS, ort_session, run_encoder
 from ..errors import UserError, first_line
+from .compare import centered_cosine, row_cosine
+from .ort import CPU, FP16_DISABLED_OPTIMIZERS, ort_session, run_encoder
 
 
 def run_encoder_checked(path: str | os.PathLike, images: np.ndarray, fp16: bool = False, name: str = "") -> np.ndarray:
