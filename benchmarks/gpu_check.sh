@@ -23,20 +23,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-benchmarks/results}
 mkdir -p "$RESULTS"
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
-
-if ! "$PY" -c "import open_clip" 2>/dev/null; then
-    if compgen -G ".whl/*.whl" >/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-            || { echo "gpu_check: installing .whl/ failed" >&2; exit 2; }
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    else
-        echo "gpu_check: open_clip is not installed and no .whl/ folder was carried (see the header)" >&2
-        exit 2
-    fi
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}  # the package from this tree, no install needed
+SCRIPT=gpu_check
+# shellcheck source=benchmarks/gpu_env.sh
+. benchmarks/gpu_env.sh
 
 if ! command -v nvidia-smi >/dev/null || ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "gpu_check: no NVIDIA GPU visible to PyTorch here" >&2

@@ -15,21 +15,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-benchmarks/results}
 mkdir -p "$RESULTS"
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
+SCRIPT=gpu_host_check
+# shellcheck source=benchmarks/gpu_env.sh
+. benchmarks/gpu_env.sh
 WORK=${WORK_DIR:-/tmp/stp-host-check}
-
-if ! "$PY" -c "import open_clip" 2>/dev/null; then
-    if compgen -G ".whl/*.whl" >/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-            || { echo "gpu_host_check: installing .whl/ failed" >&2; exit 2; }
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    else
-        echo "gpu_host_check: open_clip is not installed and no .whl/ folder was carried (see gpu_check.sh)" >&2
-        exit 2
-    fi
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 
 if ! command -v nvidia-smi >/dev/null || ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "gpu_host_check: no NVIDIA GPU visible to PyTorch here" >&2
