@@ -24,7 +24,7 @@ from stprompt import appliance  # noqa: E402
 from stprompt.bench import cli as bench_cli  # noqa: E402
 from stprompt.bundle.compare import centered_cosine  # noqa: E402
 from stprompt.bundle.manifest import load_manifest  # noqa: E402
-from stprompt.bundle.openvino_keys import BF16_ROLE, INT8_ROLE  # noqa: E402
+from stprompt.bundle.openvino_keys import BF16_ROLE, INT8_ROLE, recorded_threshold  # noqa: E402
 from stprompt.engines import build_cli  # noqa: E402
 from stprompt.engines import openvino as ov_engines  # noqa: E402
 from stprompt.engines.calibration import video_calibration  # noqa: E402
@@ -87,6 +87,8 @@ def test_bf16_and_int8_engines_pass_their_gates_and_are_recorded(ov_bundle):
     assert int8["calibration"]["source"] == "probe" and int8["nncf"]
     assert int8["thresholds"]["cosine"] == m.gates["encoder_int8"]["threshold"]  # the bundle's own INT8 gate
     assert m.engines.get("encoder") is None  # no TensorRT record appeared
+    assert recorded_threshold(m, ov_bundle.with_name("model.xml")) == bf16["thresholds"]["cosine"]
+    assert recorded_threshold(m, "model.int8.xml") == 0.99 and recorded_threshold(m, "model.onnx") is None
 
 
 def test_current_engines_are_reused(ov_bundle, capsys):
@@ -204,6 +206,37 @@ def test_backend_names_its_settings_and_splits_calls_over_requests(ov_bundle):
     finally:
         backend.close()
         reference.close()
+
+
+SIGNAL_AFTER_TWO_ENGINES = """
+import os, signal, sys
+from stprompt.runtime.backends import open_backend
+from stprompt.export.probe import probe_batch
+
+crops = probe_batch(1)
+first, _ = open_backend(sys.argv[1])
+second, _ = open_backend(sys.argv[2])
+first.encode(crops), second.encode(crops)
+first.close(), second.close()  # in the order they were opened, as stp-bench's turns do
+del first, second
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+os.kill(os.getpid(), signal.SIGTERM)  # what stp-run's stop and docker stop send
+print("handled", got)
+"""
+
+
+def test_a_signal_after_two_engines_were_closed_is_handled(ov_bundle):
+    """Each OpenVINO Core's CPU plugin swaps the thread's alternate signal stack and puts the old one back when it
+    dies; two Cores dying in the order they were made left a freed stack, and the next SIGTERM was a SIGSEGV. The
+    runtime shares one Core (engines.openvino.shared_core)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    argv = [sys.executable, "-c", SIGNAL_AFTER_TWO_ENGINES, str(ov_bundle.with_name("model.xml")),
+            str(ov_bundle.with_name("model.int8.xml"))]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip().endswith("handled [15]")
+    assert ov_engines.shared_core() is ov_engines.shared_core()
 
 
 def test_openvino_version_change_forces_a_rebuild(ov_bundle, tmp_path, monkeypatch, capsys):

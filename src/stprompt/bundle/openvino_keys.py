@@ -69,3 +69,14 @@ def ir_is_current(manifest: Manifest, role: str, key: str) -> bool:
     bin_ = manifest.root / weights.get("path", "")
     return (xml.is_file() and bin_.is_file() and sha256_file(xml) == record.get("sha256")
             and sha256_file(bin_) == weights.get("sha256"))  # fmt: skip
+
+
+def recorded_threshold(manifest: Manifest, engine: str | Path) -> float | None:
+    """The min centred cosine the OpenVINO engine `engine` (a path or file name) was gated at, None when it is not
+    one of the manifest's OpenVINO engines: `stp-run --check` holds an engine to its own gate (bf16: 0.995)."""
+    name = Path(engine).name
+    for role in OPENVINO_ROLES:
+        record = manifest.engines.get(role)
+        if record and record.get("path") == name:
+            return float(record.get("thresholds", {}).get("cosine", 0.0)) or None
+    return None
