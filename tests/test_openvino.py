@@ -24,7 +24,7 @@ from stprompt import appliance  # noqa: E402
 from stprompt.bench import cli as bench_cli  # noqa: E402
 from stprompt.bundle.compare import centered_cosine  # noqa: E402
 from stprompt.bundle.manifest import load_manifest  # noqa: E402
-from stprompt.bundle.openvino_keys import BF16_ROLE, INT8_ROLE  # noqa: E402
+from stprompt.bundle.openvino_keys import BF16_ROLE, INT8_ROLE, recorded_thresholds  # noqa: E402
 from stprompt.bundle.probe import probe_batch  # noqa: E402
 from stprompt.engines import build_cli  # noqa: E402
 from stprompt.engines import openvino as ov_engines  # noqa: E402
@@ -87,6 +87,8 @@ def test_bf16_and_int8_engines_pass_their_gates_and_are_recorded(ov_bundle):
     assert int8["calibration"]["source"] == "probe" and int8["nncf"]
     assert int8["thresholds"]["cosine"] == m.gates["encoder_int8"]["threshold"]  # the bundle's own INT8 gate
     assert m.engines.get("encoder") is None  # no TensorRT record appeared
+    assert recorded_thresholds(m, ov_bundle.with_name("model.xml")) == bf16["thresholds"]
+    assert recorded_thresholds(m, "model.int8.xml")["cosine"] == 0.99 and recorded_thresholds(m, "model.onnx") is None
 
 
 def test_current_engines_are_reused(ov_bundle, capsys):
@@ -98,7 +100,7 @@ def test_current_engines_are_reused(ov_bundle, capsys):
     assert ov_bundle.read_bytes() == before
 
 
-def test_calibration_on_footage_gates_held_out_frames(tiny_bundle, clip_video, tmp_path):
+def test_calibration_on_footage_gates_held_out_frames(tiny_bundle, clip_video, tmp_path, capsys):
     m = load_manifest(tiny_bundle)
     data = video_calibration([clip_video], m.stride, m.offset, m.preprocess, frames=2)
     assert data.crops.shape == (200, 3, 224, 224) and data.holdout.shape == (100, 3, 224, 224)  # + 2 probe scenes
@@ -113,6 +115,9 @@ def test_calibration_on_footage_gates_held_out_frames(tiny_bundle, clip_video, t
     footage = record["gates"]["footage"]
     assert footage["passed"] and footage["crops"] == 100 and "held-out footage" in footage["metric"]
     assert record["thresholds"]["cosine"] == 0.98 and record["gates"]["encoder"]["passed"]
+    # stp-run --check on this footage holds the engine to the gate it was built to (--gate 0.98)
+    report = check_report(manifest.with_name("model.int8.xml"), manifest.with_name("model.onnx"), clip_video, capsys)
+    assert report["gate"]["encoder_threshold"] == 0.98 and report["gate"]["passed"]
 
 
 def test_constant_calibration_fails_the_gate_and_writes_nothing(tiny_bundle, tmp_path, monkeypatch, capsys):
@@ -187,6 +192,22 @@ def test_stp_run_on_the_openvino_engine_equals_onnx_runtime_within_the_gate(ov_b
         assert max(abs(a - b) for a, b in zip(other_probs, probs, strict=True)) <= limit
 
 
+def check_report(engine: Path, reference: Path, video: Path, capsys) -> dict:
+    argv = [str(video), "--engine", str(engine), "--check", str(reference), "--check-frames", "2"]
+    assert run_cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_stp_run_check_holds_an_openvino_engine_to_its_own_gate(ov_bundle, clip_video, capsys):
+    """`stp-run --check model.onnx` on an OpenVINO engine applies the gates stp-build built it to, not the fp32
+    graph's 0.999 that a reduced-precision engine is not meant to meet (the INT8 case: the calibration test)."""
+    report = check_report(ov_bundle.with_name("model.xml"), ov_bundle.with_name("model.onnx"), clip_video, capsys)
+    built = load_manifest(ov_bundle).engines[BF16_ROLE]["thresholds"]
+    assert report["gate"]["passed"] and report["crops"] == 100
+    gate = report["gate"]
+    assert gate["encoder_threshold"] == built["cosine"] and gate["head_threshold"] == built["scores"]
+
+
 def test_backend_names_its_settings_and_splits_calls_over_requests(ov_bundle):
     backend, _ = open_backend(ov_bundle.with_name("model.xml"), max_batch=3)
     reference, _ = open_backend(ov_bundle.with_name("model.onnx"))
@@ -204,6 +225,37 @@ def test_backend_names_its_settings_and_splits_calls_over_requests(ov_bundle):
     finally:
         backend.close()
         reference.close()
+
+
+SIGNAL_AFTER_TWO_ENGINES = """
+import os, signal, sys
+from stprompt.runtime.backends import open_backend
+from stprompt.bundle.probe import probe_batch
+
+crops = probe_batch(1)
+first, _ = open_backend(sys.argv[1])
+second, _ = open_backend(sys.argv[2])
+first.encode(crops), second.encode(crops)
+first.close(), second.close()  # in the order they were opened, as stp-bench's turns do
+del first, second
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+os.kill(os.getpid(), signal.SIGTERM)  # what stp-run's stop and docker stop send
+print("handled", got)
+"""
+
+
+def test_a_signal_after_two_engines_were_closed_is_handled(ov_bundle):
+    """Each OpenVINO Core's CPU plugin swaps the thread's alternate signal stack and puts the old one back when it
+    dies; two Cores dying in the order they were made left a freed stack, and the next SIGTERM was a SIGSEGV. The
+    runtime shares one Core (engines.openvino.shared_core)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    argv = [sys.executable, "-c", SIGNAL_AFTER_TWO_ENGINES, str(ov_bundle.with_name("model.xml")),
+            str(ov_bundle.with_name("model.int8.xml"))]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip().endswith("handled [15]")
+    assert ov_engines.shared_core() is ov_engines.shared_core()
 
 
 def test_openvino_version_change_forces_a_rebuild(ov_bundle, tmp_path, monkeypatch, capsys):
@@ -344,3 +396,22 @@ def test_appliance_builds_and_runs_openvino_without_torch(tiny_bundle, tmp_path)
     frames = [e for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "frame"]
     assert [e["frame"] for e in frames] == [8, 24, 40]
     assert (cache / "model.xml").is_file() and (cache / "model.bin").is_file()
+
+
+def test_a_build_sends_no_usage_telemetry(tiny_bundle, tmp_path):
+    """`import openvino` and `import nncf` send usage events to Intel by default, leaving a client id under ~/intel;
+    stp-build and stp-run run on appliances that must not reach out, so a build leaves nothing there and the
+    environment is as it was."""
+    manifest = copy_bundle(tiny_bundle, tmp_path / "b")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "NNCF_DEV", "CI")}
+    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    argv = [sys.executable, "-m", "stprompt.engines.build_cli", str(manifest), "--openvino", "--int8", "--quiet"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_manifest(manifest).engines[INT8_ROLE]
+    assert not (home / "intel").exists(), sorted(p.name for p in (home / "intel").rglob("*"))
+    probe = "import os; from stprompt.engines import openvino as o; o.require_nncf(); print(os.environ.get('CI'))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.stdout.split()[-1] == "None" and not (home / "intel").exists()

@@ -7,6 +7,7 @@ bundle is written by the real stp-export, gates included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data.annotations import class_phrase
@@ -39,7 +40,7 @@ def random_bundle(clip_spec: str, out_dir: Path, int8: bool = False, fp16: bool 
     return export_bundle(out_dir / "model.pt", out_dir / "model", opts, log=lambda _msg: None)
 
 
-def openvino_engines(manifest: Path, wanted: set[str], log=print) -> None:
+def openvino_engines(manifest: Path, wanted: set[str], log: Callable[[str], None] = print) -> None:
     """The OpenVINO engines a --clip run wants, built as `stp-build --openvino [--int8]` builds them (INT8 calibrated
     on the probe scene); none where OpenVINO (or, for INT8, NNCF) is not installed or an engine fails its gate: those
     backends are then skipped."""

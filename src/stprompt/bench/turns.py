@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .timing import Timing
 
 BASELINE_NOTE = "naive loop: each crop resized and encoded alone, open_clip fp32"
@@ -49,7 +51,7 @@ def encode_in_turns(calls: dict[str, Callable[[], Any]], notes: dict[str, str], 
 
 
 def measure_in_turns(names: list[str], open_backend: Callable[[str], Any], baseline: Callable[[], Callable],
-                     crops, frame, rounds: int, warmup: int,
+                     crops: np.ndarray, frame: np.ndarray, rounds: int, warmup: int,
                      repeats: int) -> tuple[dict[str, Timing], list[list[float] | None]]:  # fmt: skip
     """Every named backend opened at once (`baseline`: the naive loop's factory), its encode stage timed in turns on
     one sampled frame (`crops`, or `frame` for the baseline), then closed."""

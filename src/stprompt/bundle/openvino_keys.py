@@ -69,3 +69,15 @@ def ir_is_current(manifest: Manifest, role: str, key: str) -> bool:
     bin_ = manifest.root / weights.get("path", "")
     return (xml.is_file() and bin_.is_file() and sha256_file(xml) == record.get("sha256")
             and sha256_file(bin_) == weights.get("sha256"))  # fmt: skip
+
+
+def recorded_thresholds(manifest: Manifest, engine: str | Path) -> dict[str, float] | None:
+    """The gates the OpenVINO engine `engine` (a path or file name) was built to ({"cosine": min centred cosine,
+    "scores": head max abs}), None when it is not one of the manifest's OpenVINO engines: `stp-run --check` holds an
+    engine to its own gate (bf16: cosine 0.995), not to the fp32 graph's."""
+    name = Path(engine).name
+    for role in OPENVINO_ROLES:
+        record = manifest.engines.get(role)
+        if record and record.get("path") == name and record.get("thresholds"):
+            return {k: float(v) for k, v in record["thresholds"].items()}
+    return None

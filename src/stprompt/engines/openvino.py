@@ -19,6 +19,7 @@ Runtime. Torch-free: openvino and nncf are imported only here, when building or 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import io
@@ -26,14 +27,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..bundle.graphs import HEAD_OUTPUTS, X_PATCH
 from ..bundle.hashing import sha256_file
 from ..bundle.manifest import Manifest, load_manifest, write_manifest
 from ..bundle.openvino_keys import (
@@ -45,8 +45,8 @@ from ..bundle.openvino_keys import (
     openvino_cache_key,
     weights_path,
 )
-from ..bundle.ort import ort_session, run_encoder, run_head
 from ..errors import UserError, first_line
+from .gates import gate_engine, require_gates
 
 DEFAULT_FRAMES = 6  # calibration frames (50 crops each): 300 crops, NNCF's default subset size
 
@@ -59,16 +59,43 @@ INT8_GATE = 0.99  # the export's int8 gate (a bundle's own gates.encoder_int8 th
 FP32_GATE = 0.999  # the export's fp32 encoder gate, for CPUs without bf16 (a bundle's own threshold wins)
 SCORE_GATE = 0.02  # head outputs (score, score_c, probs): max abs difference, engine vs reference embeddings
 DEFAULT_HINT = "throughput"  # 2 streams on 2 vCPUs, each call split over them: +3-6 % over latency (ViT-B-16)
-CHUNK = 50  # crops per gate call: one sampled frame
+
+
+@contextlib.contextmanager
+def _no_usage_telemetry():
+    """`import openvino` sends a usage event to Intel's analytics (openvino.tools.ovc, on every import) and leaves a
+    client id under ~/intel, and so does `import nncf`, unless the process looks like a CI job: both decide once,
+    at import. An appliance must not reach out, so the imports run with CI=true (and NNCF_CI=1), put back after."""
+    saved = {name: os.environ.get(name) for name in ("CI", "NNCF_CI")}
+    os.environ.update(CI="true", NNCF_CI="1")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def require_openvino():
-    """The openvino module (2024.4 or newer), or one UserError naming the extra."""
+    """The openvino module (2024.4 or newer), imported with its usage telemetry off, or one UserError naming the
+    extra."""
     try:
-        import openvino as ov
+        with _no_usage_telemetry():
+            import openvino as ov
     except ImportError:
         raise UserError(OPENVINO_MISSING) from None
     return ov
+
+
+@functools.cache
+def shared_core():
+    """The process's one `openvino.Core`. Each Core loads its own CPU plugin, which sets an alternate signal stack
+    on the thread that loads it and puts the previous one back when it is destroyed: two Cores destroyed in the order
+    they were made leave that thread on a freed stack, and the next signal it takes (SIGTERM, Ctrl-C) kills the
+    process with SIGSEGV (OpenVINO 2026.4). One Core, never destroyed, never nests."""
+    return require_openvino().Core()
 
 
 def openvino_available() -> bool:
@@ -79,11 +106,13 @@ def openvino_available() -> bool:
 
 
 def require_nncf():
-    """nncf with its log quiet (INFO lines and progress bars are not stp-build's), or one UserError."""
+    """nncf with its log quiet (INFO lines and progress bars are not stp-build's) and its usage telemetry off, or
+    one UserError."""
     # importing nncf imports torch where installed, which warns about CUDA on CPU machines: not ours to print
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
-        import nncf
+        with _no_usage_telemetry():
+            import nncf
     except ImportError:
         raise UserError(NNCF_MISSING) from None
     nncf.set_log_level(logging.ERROR)
@@ -194,14 +223,7 @@ def plan_job(manifest: Manifest, opts: OpenVinoOptions, openvino: str, cpu: dict
 def target(ov=None) -> tuple[str, dict[str, Any]]:
     """(OpenVINO version, CPU target) here."""
     ov = ov or require_openvino()
-    return openvino_version(ov), cpu_target(ov.Core())
-
-
-def encode(compiled, images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """[N, 3, S, S] -> [N, D] float32 through a compiled encoder, `chunk` crops per call."""
-    outs = [np.asarray(compiled(np.ascontiguousarray(images[i : i + chunk]))[0], np.float32)
-            for i in range(0, len(images), chunk)]  # fmt: skip
-    return np.concatenate(outs, axis=0)
+    return openvino_version(ov), cpu_target(shared_core())
 
 
 def quantize(model, crops: np.ndarray, progress: bool = True):
@@ -215,76 +237,6 @@ def quantize(model, crops: np.ndarray, progress: bool = True):
             return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(crops))
         except Exception as err:  # noqa: BLE001 - NNCF raises its own and the backend's types
             raise UserError(f"NNCF could not quantize the encoder: {first_line(err)}") from None
-
-
-def head_scores_gate(reference: np.ndarray, candidate: np.ndarray, per_frame: int, head_session,
-                     threshold: float) -> dict[str, Any]:  # fmt: skip
-    """Max |head(candidate) - head(reference)| over score, score_c, probs, the crops taken as consecutive sampled
-    frames (full frame then its windows) of one stream."""
-    frames = len(reference) // per_frame
-
-    def head(emb: np.ndarray) -> dict[str, np.ndarray]:
-        e = emb[: frames * per_frame].reshape(frames, per_frame, -1)
-        return run_head(head_session, np.ascontiguousarray(e[:, 0]), np.ascontiguousarray(e[:, 1:]), X_PATCH)
-
-    ref, cand = head(reference), head(candidate)
-    worst = max(float(np.abs(cand[k] - ref[k]).max()) for k in HEAD_OUTPUTS)
-    return {
-        "metric": "max abs difference of the head's score, score_c, probs fed the engine's embeddings vs fed the "
-        "fp32 graph's (ONNX Runtime)",
-        "max_abs": worst,
-        "threshold": threshold,
-        "passed": bool(worst <= threshold),
-        "snippets": frames,
-    }
-
-
-def gate_engine(manifest: Manifest, compiled, job: OpenVinoJob, holdout: np.ndarray | None,
-                log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """Gate records of a compiled engine: probe crops (as the export), held-out footage, head scores."""
-    from ..bundle.gates import describe, encoder_gate
-    from ..bundle.probe import PROBE_SEED, PROBE_SIZE, probe_batch
-    from ..windows import crops_per_frame
-
-    pre = manifest.preprocess
-    frames = int(manifest.gates.get("probe", {}).get("frames", 2))
-    probe = probe_batch(frames, pre)
-    reference_session = ort_session(manifest.file("encoder"))
-    provider = f"OpenVINO CPU ({job.precision}, {job.inference_precision} hint)"
-    gates: dict[str, Any] = {"probe": {
-        "frames": frames, "crops": int(len(probe)),
-        "scene": f"stprompt.bundle.probe seed {PROBE_SEED}, {PROBE_SIZE[0]}x{PROBE_SIZE[1]}",
-        "reference": f"{manifest.file('encoder').name} (fp32) on ONNX Runtime CPU",
-    }}  # fmt: skip
-    sets = {"encoder": probe} if holdout is None else {"encoder": probe, "footage": holdout}
-    head = ort_session(manifest.file("head"))
-    per_frame = crops_per_frame(pre=pre)
-    scores = []
-    for name, crops in sets.items():
-        reference = run_encoder(reference_session, crops, batch=CHUNK)
-        candidate = encode(compiled, crops)
-        gates[name] = encoder_gate(candidate, reference, job.thresholds["cosine"], provider=provider)
-        if name == "footage":
-            gates[name]["metric"] = gates[name]["metric"].replace("probe crops", "held-out footage crops")
-        scores.append(head_scores_gate(reference, candidate, per_frame, head, job.thresholds["scores"]))
-    gates["scores"] = max(scores, key=lambda g: g["max_abs"])
-    for name, g in gates.items():
-        if name != "probe":
-            log(f"stp-build: {describe(name, g)}")
-    return gates
-
-
-def require_gates(name: str, gates: dict[str, Any], int8: bool) -> None:
-    """One UserError naming every failed gate and what to try instead; nothing has been written then."""
-    failed = []
-    for gate, g in gates.items():
-        if isinstance(g, dict) and g.get("passed") is False:
-            value, op = (g["min"], ">=") if "min" in g else (g["max_abs"], "<=")
-            failed.append(f"{gate} {value:.6g} (needs {op} {g['threshold']})")
-    if failed:
-        instead = ("calibrate on other footage with --calibrate, or use the bf16 engine: stp-build --openvino" if int8
-                   else "run the fp32 graph on ONNX Runtime: stp-run --engine model.onnx")  # fmt: skip
-        raise UserError(f"{name}: accuracy gate failed: {'; '.join(failed)}; nothing written ({instead})")
 
 
 def _partial(path: Path) -> Path:
@@ -310,14 +262,15 @@ def build_openvino_engine(
     if not force and ir_is_current(manifest, job.role, job.key):
         log(f"stp-build: {xml.name} is current (key {job.key[:12]}), not rebuilt")
         return manifest
-    isa = " ".join(cpu["isa"]) or "no AVX2"
+    isa = " ".join(cpu["isa"]) or "no AMX / AVX-512 / AVX2 flag seen"
     what = f"{job.precision}, {job.hint} hint, OpenVINO {short_version(version)}, CPU {isa}"
     log(f"stp-build: building {xml.name} from {manifest.file('encoder').name} ({what}) ...")
     start = time.perf_counter()
-    core = ov.Core()
+    core = shared_core()
     try:
-        model = ov.convert_model(os.fspath(manifest.file("encoder")))
-    except Exception as err:  # noqa: BLE001 - the converter raises its own types
+        # the Core's ONNX reader, not ov.convert_model (which sends a usage event of its own when called)
+        model = core.read_model(os.fspath(manifest.file("encoder")))
+    except Exception as err:  # noqa: BLE001 - the reader raises its own types
         raise UserError(f"{manifest.file('encoder').name}: OpenVINO cannot convert it: {first_line(err)}") from None
     holdout = None
     if opts.int8:
@@ -338,7 +291,8 @@ def build_openvino_engine(
         ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
         compiled = core.compile_model(core.read_model(os.fspath(staged)), "CPU",
                                       compile_properties(job.inference_precision, job.hint))  # fmt: skip
-        gates = gate_engine(manifest, compiled, job, holdout, log)
+        provider = f"OpenVINO CPU ({job.precision}, {job.inference_precision} hint)"
+        gates = gate_engine(manifest, compiled, job.thresholds, provider, holdout, log)
         require_gates(xml.name, gates, opts.int8)
         os.replace(weights_path(staged), weights_path(xml))
         os.replace(staged, xml)
@@ -375,11 +329,3 @@ def engine_record(manifest: Manifest, job: OpenVinoJob, xml: Path, gates: dict[s
         "build_seconds": round(seconds, 1),
     }
 
-
-def build_openvino_engines(manifest_file: str | os.PathLike, jobs: Sequence[OpenVinoOptions], force: bool = False,
-                           log: Callable[[str], None] = print) -> Manifest:  # fmt: skip
-    """Several engines in turn (stp-bench: bf16 and INT8); the manifest after the last."""
-    manifest = load_manifest(manifest_file)
-    for opts in jobs:
-        manifest = build_openvino_engine(manifest_file, opts, force=force, log=log)
-    return manifest

@@ -47,7 +47,7 @@ class OpenVinoBackend(BackendBase):
 
     def __init__(self, xml: Path, manifest: Manifest, role: str, max_batch: int | None):
         ov = ov_engines.require_openvino()
-        core = ov.Core()
+        core = ov_engines.shared_core()  # one per process: see its docstring (signal stacks)
         version, cpu = ov_engines.openvino_version(ov), ov_engines.cpu_target(core)
         record: dict[str, Any] = manifest.engines[role]
         if not ir_is_current(manifest, role, recorded_key(manifest, record, version, cpu)):
