@@ -17,7 +17,9 @@ from typing import Any
 from ..runtime.parallel import usable_cores  # cores this process may run on (affinity / cgroup CPU sets)
 
 _PACKAGES = ("stprompt", "numpy", "opencv-python-headless", "numba", "onnxruntime", "onnxruntime-gpu", "torch",
-             "open_clip_torch", "tensorrt", "cuda-python")  # fmt: skip
+             "open_clip_torch", "tensorrt", "cuda-python", "openvino", "nncf")  # fmt: skip
+# the CPU features that decide which CPU engine wins (bf16 / INT8 matrix units, AVX-512, AVX2)
+_MATRIX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
 def cpu_model() -> str:
@@ -27,6 +29,17 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Which of the CPU's matrix and vector extensions (`_MATRIX_FLAGS`) it has, per Linux /proc/cpuinfo; [] where
+    that cannot be read: CPU engines differ by several times between a CPU with AMX and one without."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in _MATRIX_FLAGS if f in have]
+    return []
 
 
 def versions() -> dict[str, str]:
@@ -69,6 +82,7 @@ def machine_stamp() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cores": usable_cores(),
+        "cpu_flags": cpu_flags(),
         "arch": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "gpus": gpus(),
@@ -81,4 +95,5 @@ def describe(stamp: dict[str, Any]) -> str:
     """One line for the table header."""
     gpu = ", ".join(f"{g['name']} (driver {g['driver']})" for g in stamp["gpus"]) or "no GPU"
     trt = f"TensorRT {stamp['tensorrt']}" if stamp["tensorrt"] else "no TensorRT"
-    return f"{stamp['cpu']}, {stamp['cores']} cores, {stamp['arch']} | {gpu} | {trt}"
+    flags = " ".join(stamp.get("cpu_flags") or []) or "no AMX / AVX-512 / AVX2 flag seen"
+    return f"{stamp['cpu']}, {stamp['cores']} cores, {stamp['arch']} ({flags}) | {gpu} | {trt}"
