@@ -158,7 +158,7 @@ def _open(name: str, bundle_dir: Path, providers):
     if (sim := parse_sim(name)) is not None:
         from ..runtime.backends.sim import open_simulated
 
-        return open_simulated(bundle_dir / "model.json", sim.ms, device=sim.device)
+        return open_simulated(bundle_dir / "model.json", sim.ms, device=sim.device, pixels=sim.pixels)
     if name in _TORCH:
         device, precision = _TORCH[name]
         backend, _ = open_backend(bundle_dir / "model.pt", device=device, precision=precision,

@@ -16,7 +16,7 @@ import numpy as np
 
 from stprompt.kernels.boxes import _jit
 
-__all__ = ["normalize_frames", "normalize_tiles", "warmup"]
+__all__ = ["copy_tiles", "normalize_frames", "normalize_tiles", "warmup"]
 
 
 @_jit
@@ -51,6 +51,32 @@ def _normalize_tiles(tiles, mask, out, gain, bias):
             k += 1
 
 
+@_jit
+def _copy_tiles(tiles, mask, out):
+    grid = tiles.shape[0]
+    size = tiles.shape[1]
+    k = 0
+    for gy in range(grid):
+        for gx in range(grid):
+            if not mask[gy * grid + gx]:
+                continue
+            for y in range(size):
+                out[k, y] = tiles[gy, y, gx]
+            k += 1
+
+
+def copy_tiles(tiles: np.ndarray, mask: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Kept tiles of a [grid, S, grid, S, 3] uint8 view -> `out` [kept, S, S, 3] uint8 as they are (BGR): the
+    crops of an engine that normalises on its device (`model.pre.onnx`), a quarter of the float32 bytes."""
+    grid, size = tiles.shape[0], tiles.shape[1]
+    if tiles.dtype != np.uint8 or tiles.shape != (grid, size, grid, size, 3) or mask.shape != (grid * grid,):
+        raise ValueError(f"expected [g, S, g, S, 3] uint8 tiles and a [g*g] mask, got {tiles.shape} / {mask.shape}")
+    if out.shape != (int(mask.sum()), size, size, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be [{int(mask.sum())}, {size}, {size}, 3] uint8, got {out.shape} {out.dtype}")
+    _copy_tiles(tiles, mask.astype(np.bool_), out)
+    return out
+
+
 def normalize_frames(src: np.ndarray, out: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """[N, H, W, 3] uint8 BGR (any strides) -> `out` [N, 3, H, W] float32 RGB, normalised per channel."""
     if src.dtype != np.uint8 or src.ndim != 4 or out.shape != (src.shape[0], 3, *src.shape[1:3]):
@@ -81,3 +107,5 @@ def warmup() -> None:
     normalize_tiles(tiles, np.ones(4, bool), np.empty((4, 3, 2, 2), np.float32), gain, bias)
     strided = np.zeros((2, 4, 2, 4, 3), np.uint8)[:, 1:3, :, 1:3]  # the runtime's strided view
     normalize_tiles(strided, np.ones(4, bool), np.empty((4, 3, 2, 2), np.float32), gain, bias)
+    copy_tiles(tiles, np.ones(4, bool), np.empty((4, 2, 2, 3), np.uint8))
+    copy_tiles(strided, np.ones(4, bool), np.empty((4, 2, 2, 3), np.uint8))
