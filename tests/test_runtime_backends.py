@@ -165,6 +165,8 @@ def test_modified_bundle_file_is_refused(bundle_copy):
 def test_head_file_is_not_an_encoder(bundle):
     with pytest.raises(UserError, match=r"model\.head\.onnx is the bundle's temporal head"):
         open_backend(bundle.with_name("model.head.onnx"))
+    with pytest.raises(UserError, match=r"model\.pre\.onnx is the bundle's preprocessing .* pass the image encoder"):
+        open_backend(bundle.with_name("model.pre.onnx"))
 
 
 def test_unavailable_provider_lists_available(bundle):

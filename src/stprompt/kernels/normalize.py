@@ -51,20 +51,6 @@ def _normalize_tiles(tiles, mask, out, gain, bias):
             k += 1
 
 
-@_jit
-def _copy_tiles(tiles, mask, out):
-    grid = tiles.shape[0]
-    size = tiles.shape[1]
-    k = 0
-    for gy in range(grid):
-        for gx in range(grid):
-            if not mask[gy * grid + gx]:
-                continue
-            for y in range(size):
-                out[k, y] = tiles[gy, y, gx]
-            k += 1
-
-
 def copy_tiles(tiles: np.ndarray, mask: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Kept tiles of a [grid, S, grid, S, 3] uint8 view -> `out` [kept, S, S, 3] uint8 as they are (BGR): the
     crops of an engine that normalises on its device (`model.pre.onnx`), a quarter of the float32 bytes."""
@@ -73,7 +59,12 @@ def copy_tiles(tiles: np.ndarray, mask: np.ndarray, out: np.ndarray) -> np.ndarr
         raise ValueError(f"expected [g, S, g, S, 3] uint8 tiles and a [g*g] mask, got {tiles.shape} / {mask.shape}")
     if out.shape != (int(mask.sum()), size, size, 3) or out.dtype != np.uint8:
         raise ValueError(f"out must be [{int(mask.sum())}, {size}, {size}, 3] uint8, got {out.shape} {out.dtype}")
-    _copy_tiles(tiles, mask.astype(np.bool_), out)
+    keep = np.flatnonzero(mask)
+    if len(keep) == grid * grid:  # every window: one strided copy (NumPy's copy loop; Numba's was 10x slower here)
+        out.reshape(grid, grid, size, size, 3)[:] = tiles.transpose(0, 2, 1, 3, 4)
+    else:
+        for k, w in enumerate(keep):
+            out[k] = tiles[w // grid, :, w % grid]
     return out
 
 
@@ -107,5 +98,3 @@ def warmup() -> None:
     normalize_tiles(tiles, np.ones(4, bool), np.empty((4, 3, 2, 2), np.float32), gain, bias)
     strided = np.zeros((2, 4, 2, 4, 3), np.uint8)[:, 1:3, :, 1:3]  # the runtime's strided view
     normalize_tiles(strided, np.ones(4, bool), np.empty((4, 3, 2, 2), np.float32), gain, bias)
-    copy_tiles(tiles, np.ones(4, bool), np.empty((4, 2, 2, 3), np.uint8))
-    copy_tiles(strided, np.ones(4, bool), np.empty((4, 2, 2, 3), np.uint8))
