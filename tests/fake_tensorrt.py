@@ -202,11 +202,14 @@ class Engine:
     def __init__(self, trt, spec: dict, cudart: FakeCudart):
         from stprompt.bundle.ort import ort_session
 
-        self.trt, self.cudart = trt, cudart
+        self.trt, self.cudart, self.onnx = trt, cudart, spec["onnx"]
         self.session = ort_session(spec["onnx"], fp16=spec["onnx"].endswith(".fp16.onnx"))  # ORT's fp16 CPU crash
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.symbolic = {t.name: list(t.shape) for t in (*self.session.get_inputs(), *self.session.get_outputs())}
+        # ONNX Runtime's "tensor(uint8)" -> numpy uint8: TensorRT types each I/O tensor as its ONNX graph does
+        ort_types = {"tensor(float)": np.dtype(np.float32), "tensor(uint8)": np.dtype(np.uint8)}
+        self.np_dtypes = {t.name: ort_types[t.type] for t in (*self.session.get_inputs(), *self.session.get_outputs())}
         self.profiles = {name: [tuple(s) for s in shapes] for name, shapes in spec["profiles"].items()}
         self.flags = list(spec["flags"])
         missing = [n for n in self.inputs if n not in self.profiles]
@@ -222,7 +225,7 @@ class Engine:
         return io.INPUT if name in self.inputs else io.OUTPUT if name in self.outputs else io.NONE
 
     def get_tensor_dtype(self, name):
-        return self.trt.float32
+        return {"float32": self.trt.float32, "uint8": self.trt.uint8}[self.np_dtypes[name].name]
 
     def get_tensor_profile_shape(self, name, profile):
         if profile != 0 or name not in self.inputs:
@@ -273,16 +276,17 @@ class ExecutionContext:
             return False
         feeds = {}
         for name in self.engine.inputs:
-            shape = self.shapes[name]
-            n = int(np.prod(shape)) * 4
-            feeds[name] = cudart._buffer(self.addresses[name], n)[:n].view(np.float32).reshape(shape).copy()
+            shape, dtype = self.shapes[name], self.engine.np_dtypes[name]
+            n = int(np.prod(shape)) * dtype.itemsize
+            feeds[name] = cudart._buffer(self.addresses[name], n)[:n].view(dtype).reshape(shape).copy()
         self.runs.append({n: self.shapes[n] for n in self.engine.inputs})
+        self.engine.trt.executions.append((os.path.basename(self.engine.onnx), dict(self.runs[-1])))
         outs = self.engine.session.run(self.engine.outputs, feeds)
         expected = self._output_shapes()
         for name, value in zip(self.engine.outputs, outs, strict=True):
             if tuple(value.shape) != expected[name]:
                 raise RuntimeError(f"fake tensorrt: {name} {value.shape} differs from its shape {expected[name]}")
-            raw = np.ascontiguousarray(value, np.float32).view(np.uint8).ravel()
+            raw = np.ascontiguousarray(value, self.engine.np_dtypes[name]).view(np.uint8).ravel()
             cudart._buffer(self.addresses[name], raw.size)[: raw.size] = raw
         return True
 
@@ -298,8 +302,10 @@ def fake_tensorrt(version: str = "10.3.0", cudart: FakeCudart | None = None) -> 
     trt.__version__ = version
     trt.cudart = cudart or FakeCudart()
     trt.builds = []
-    trt.DataType = types.SimpleNamespace(FLOAT="float32", HALF="float16", INT32="int32")
+    trt.executions = []  # (ONNX file name, input shapes) of every execute_async_v3, in order
+    trt.DataType = types.SimpleNamespace(FLOAT="float32", HALF="float16", INT32="int32", UINT8="uint8")
     trt.float32, trt.float16, trt.int32 = trt.DataType.FLOAT, trt.DataType.HALF, trt.DataType.INT32
+    trt.uint8 = trt.DataType.UINT8
     trt.nptype = lambda dtype: np.dtype(dtype).type
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
     trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", BF16="bf16", INT8="int8", TF32="tf32",

@@ -15,14 +15,16 @@ FAST = ["--repeats", "1", "--warmup", "0", "--size", "160x120", "--quiet", "--no
 
 def test_streams_against_a_simulated_encoder_write_the_keys_the_issue_names(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "host.json"
-    argv = ["--engine", str(tiny_bundle), "--backends", "sim:125", "--streams", "2", "--frames", "48", "--json",
-            str(out), *FAST]  # fmt: skip
+    argv = ["--engine", str(tiny_bundle), "--backends", "sim:125,sim:125:u8", "--streams", "2", "--frames", "48",
+            "--json", str(out), *FAST]  # fmt: skip
     assert cli.main(argv) == 0
     r = json.loads(out.read_text())
     row = r["backends"]["sim:125"]
     assert 0 < row["pipeline_efficiency"] <= 1.1 and row["encoder_sampled_fps"] == pytest.approx(8.0, rel=0.2)
     assert row["host"]["streams"] == 2 and row["host"]["sampled"] == 2 * 3  # 48 frames at stride 16, per stream
     assert row["crops_encoded"] == 6 * 50 and 0 < row["encoder_share"] <= 1.0
+    u8 = r["backends"]["sim:125:u8"]  # uint8 crops, normalised on the (simulated) device: timed the same way
+    assert u8["crops_encoded"] == 6 * 50 and 0 < u8["encoder_share"] <= 1.0 and u8["host"]["sampled"] == 6
     ms = r["host_ms_per_sampled_frame"]
     assert set(ms) == {*STAGES, "other", "total"}
     assert ms["decode"] > 0 and ms["windows"] > 0 and ms["localization"] > 0
@@ -36,7 +38,13 @@ def test_streams_against_a_simulated_encoder_write_the_keys_the_issue_names(tiny
         assert len(run["load_average_1min"]) == 2 and run["lookahead"] == 8
     assert r["settings"]["streams"] == "2"
     table = capsys.readouterr().out
-    assert "ceiling, sampled frames/s" in table and "capacity (windows on device)" in table and "sim:125" in table
+    assert "ceiling, sampled frames/s" in table and "capacity (device windows)" in table and "sim:125" in table
+    # uint8 crops normalised on the device (TensorRT with model.pre.plan) and windows cut on the device: same keys
+    for mode in ("uint8_crops", "device_windows"):
+        other = r["host"][mode]
+        assert set(other["host_ms_per_sampled_frame"]) == set(ms) and other["ceiling"]["sampled"] == 2 * 3
+        assert other["capacity"]["cores"] > 0
+    assert "capacity (uint8 crops)" in table
 
 
 @pytest.mark.parametrize(

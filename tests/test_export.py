@@ -163,7 +163,9 @@ def test_manifest_round_trip(bundle, tiny_ckpt, tiny_clip):
     assert m.head["radius"] == 20 and m.head["exact_lookahead"] == 41 and m.head["n_classes"] == 3
     thresholds = {"alarm": 0.5, "heat": 0.5, "min_box_area": 0.001, "tau_loc": 0.01, "fusion_lambda": 0.5}
     assert m.thresholds.to_dict() == thresholds
-    assert set(raw["files"]) == {"encoder", "head", "head_features", "queries", "encoder_fp16", "encoder_int8"}
+    assert set(raw["files"]) == {"encoder", "head", "head_features", "queries", "encoder_fp16", "encoder_int8",
+                                 "encoder_pre"}  # fmt: skip
+    assert m.file("encoder_pre").name == "model.pre.onnx" and raw["gates"]["encoder_pre"]["max_abs"] == 0.0
     assert m.file("head").name == "model.head.onnx" and m.file("encoder_fp16").name == "model.fp16.onnx"
     assert m.file("head_features").name == "model.head_as.onnx" and raw["gates"]["head_features_fp32"]["passed"]
     assert m.precision["encoder"] == "fp16" and m.precision["head"] == "fp32" and m.precision["int8_cpu"]
@@ -373,14 +375,15 @@ def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, mo
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     logs: list[str] = []
     m = trt_build.build_bundle_engines(bundle_copy, log=logs.append)
-    assert len(trt.builds) == 3 and set(m.engines) == {"encoder", "head", "head_features"}
-    (enc_net, enc_cfg), (head_net, head_cfg), (_, features_cfg) = trt.builds
+    assert len(trt.builds) == 4 and set(m.engines) == {"encoder", "head", "head_features", "encoder_pre"}
+    (enc_net, enc_cfg), (head_net, head_cfg), (_, features_cfg), (_, pre_cfg) = trt.builds
     assert enc_cfg.flags == set() == head_cfg.flags and head_cfg.cleared == {"tf32"} and enc_cfg.cleared == set()
     assert enc_net.flags == head_net.flags == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
     assert enc_cfg.pool == ("workspace", 4 << 30) and enc_cfg.profiles[0]["images"][2] == (256, 3, 224, 224)
     assert head_cfg.profiles[0]["x_patch"] == ((1, 49, 64), (83, 49, 64), (338, 49, 64))
     assert features_cfg.profiles[0]["x_as"] == ((1, 64), (83, 64), (338, 64)) and features_cfg.flags == set()
-    for role in ("encoder", "head", "head_features"):
+    assert pre_cfg.profiles[0]["pixels"] == ((1, 224, 224, 3), (50, 224, 224, 3), (256, 224, 224, 3))
+    for role in ("encoder", "head", "head_features", "encoder_pre"):
         key = expected_key(m, role, "10.3.0", "8.7")
         assert m.engines[role]["key"] == key and plan_is_current(m, role, key)
     assert m.engine("encoder") == bundle_copy.with_name("model.plan") and m.engine("head").is_file()
@@ -392,15 +395,15 @@ def test_engine_build_records_keys_caches_and_rebuilds_on_change(bundle_copy, mo
     assert plans["head_features"]["profiles"]["x_clip"] == [[1, 64], [83, 64], [338, 64]]
     assert load_manifest(bundle_copy).engines == m.engines  # written to model.json, bundle still verifies
     cache = bundle_copy.with_name("model.timing-trt10.3.0-sm87.cache")
-    assert cache.read_bytes() == b"+++"  # loaded by each later build, extended, saved again
+    assert cache.read_bytes() == b"++++"  # loaded by each later build, extended, saved again
     assert any("--stronglyTyped" in line and "--onnx=" in line and "model.fp16.onnx" in line for line in logs)
     assert any("from model.fp16.onnx (fp16, strongly typed, TensorRT 10.3.0" in line for line in logs)
 
     trt_build.build_bundle_engines(bundle_copy, log=logs.append)
-    assert len(trt.builds) == 3 and "is current" in logs[-1]  # cache hit: nothing rebuilt
+    assert len(trt.builds) == 4 and "is current" in logs[-1]  # cache hit: nothing rebuilt
     bundle_copy.with_name("model.head.plan").write_bytes(b"tampered")
     trt_build.build_bundle_engines(bundle_copy, log=logs.append)
-    assert len(trt.builds) == 4  # the modified plan is rebuilt, not loaded
+    assert len(trt.builds) == 5  # the modified plan is rebuilt, not loaded
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.7.0"))
     assert build_cli.main([str(bundle_copy), "--max-batch", "64", "--quiet"]) == 0
     m = load_manifest(bundle_copy)
@@ -484,9 +487,9 @@ def test_tensorrt_engines_build_cache_and_match(bundle_copy):
     from stprompt.engines.tensorrt import build_bundle_engines, gpu_compute_capability
 
     m = build_bundle_engines(bundle_copy, log=lambda _m: None, max_batch=64, max_window=64)
-    assert set(m.engines) == {"encoder", "head", "head_features"}
+    assert set(m.engines) == {"encoder", "head", "head_features", "encoder_pre"}
     cc = gpu_compute_capability()
-    for role in ("encoder", "head", "head_features"):
+    for role in ("encoder", "head", "head_features", "encoder_pre"):
         key = expected_key(m, role, trt.__version__, cc)
         assert m.engines[role]["key"] == key and plan_is_current(m, role, key)
     stamp = bundle_copy.with_name("model.plan").stat().st_mtime_ns
@@ -509,3 +512,13 @@ def test_tensorrt_engines_build_cache_and_match(bundle_copy):
 
     ref = run_encoder(ort(m.file("encoder")), images.cpu().numpy())
     assert centered_cosine(out.cpu().numpy(), ref).min() >= 0.999
+    # uint8 crops through model.pre.plan chained into the encoder on the device: the same embeddings
+    from stprompt.bundle.probe import probe_pixels
+    from stprompt.runtime.backends import open_backend
+
+    backend, _ = open_backend(bundle_copy.with_name("model.plan"))
+    try:
+        assert backend.input_format == "uint8"
+        assert centered_cosine(backend.encode_pixels(probe_pixels(1)), ref).min() >= 0.999
+    finally:
+        backend.close()

@@ -165,6 +165,8 @@ def test_modified_bundle_file_is_refused(bundle_copy):
 def test_head_file_is_not_an_encoder(bundle):
     with pytest.raises(UserError, match=r"model\.head\.onnx is the bundle's temporal head"):
         open_backend(bundle.with_name("model.head.onnx"))
+    with pytest.raises(UserError, match=r"model\.pre\.onnx is the bundle's preprocessing .* pass the image encoder"):
+        open_backend(bundle.with_name("model.pre.onnx"))
 
 
 def test_unavailable_provider_lists_available(bundle):
@@ -288,7 +290,8 @@ def test_tensorrt_backend_plumbing_with_fake_tensorrt(bundle_copy, inputs, ort_c
     d, engines = m.dim, {}
     plans = [("encoder", "model.plan", {"images": [4, 3, 224, 224]}),
              ("head", "model.head.plan", {"x_clip": [32, d], "x_patch": [32, 49, d]}),
-             ("head_features", "model.head_as.plan", {"x_clip": [32, d], "x_as": [32, d]})]  # fmt: skip
+             ("head_features", "model.head_as.plan", {"x_clip": [32, d], "x_as": [32, d]}),
+             ("encoder_pre", "model.pre.plan", {"pixels": [4, 224, 224, 3]})]  # fmt: skip
     for role, name, shapes in plans:
         plan = bundle_copy.with_name(name)
         plan.write_bytes(fake_tensorrt.plan_bytes(m.file(role), shapes, "10.3.0"))
@@ -300,11 +303,21 @@ def test_tensorrt_backend_plumbing_with_fake_tensorrt(bundle_copy, inputs, ort_c
     c = len(CLASSES)
     encoder, head, features = [4 * 3 * 224 * 224, 4 * d], [32 * d, 32 * 49 * d, 32, 32, 32 * c], [32 * d] * 2
     features += [32, 32, 32 * c]  # x_clip, x_as; score, score_c, probs
-    sizes = sorted(buf.size for buf in cudart.mem.values())  # float32 buffers, allocated once at the profile max
-    assert sizes == sorted(4 * n for n in encoder + head + features)
+    sizes = sorted(buf.size for buf in cudart.mem.values())  # buffers allocated once at the profile max
+    pixels = 4 * 224 * 224 * 3  # uint8; the preprocessing plan writes into the encoder's input buffer, its own freed
+    assert sizes == sorted([pixels] + [4 * n for n in encoder + head + features])
     report = parity(backend, ort_cpu, *inputs)  # 5 crops -> calls of 4 and 1
     assert all(report[k]["max_abs"] == 0.0 for k in ("embeddings", "score", "score_c", "probs"))
     assert [run["images"][0] for run in backend._encoder.context.runs] == [4, 1]
+    # uint8 crops: normalised by model.pre.plan on the "device", straight into the encoder: the host's numbers
+    assert backend.input_format == "uint8"
+    u8 = np.random.default_rng(3).integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
+    from stprompt import windows
+
+    expected = ort_cpu.encode(windows.normalize(u8, pre=m.preprocess))
+    assert np.array_equal(backend.encode_pixels(u8), expected)
+    assert [run["pixels"][0] for run in backend._pre.context.runs] == [4, 1]
+    assert [run["images"][0] for run in backend._encoder.context.runs] == [4, 1, 4, 1]
     with pytest.raises(UserError, match=r"x_clip \[33, .*exceeds the engine's profile max \[32"):
         backend.head(np.zeros((33, d), np.float32), np.zeros((33, 49, d), np.float32))
     backend.close()
@@ -325,7 +338,8 @@ def test_plans_built_by_stp_build_run_in_the_tensorrt_backend(bundle_copy, input
 
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
     m = build_bundle_engines(bundle_copy, log=lambda _: None, max_batch=4, opt_batch=2, max_window=32, opt_window=9)
-    assert len(trt.builds) == 3 and m.engines["encoder"]["compute_capability"] == fake_tensorrt.COMPUTE_CAPABILITY
+    assert len(trt.builds) == 4 and m.engines["encoder"]["compute_capability"] == fake_tensorrt.COMPUTE_CAPABILITY
+    assert m.engines["encoder_pre"]["path"] == "model.pre.plan" and m.engines["encoder_pre"]["onnx"] == "model.pre.onnx"
     backend, manifest = open_backend(bundle_copy.with_name("model.plan"))
     assert manifest.engines == m.engines and manifest.engine("encoder") == bundle_copy.with_name("model.plan")
     assert (backend.name, backend.max_batch, backend.max_window) == ("tensorrt", 4, 32)
@@ -337,12 +351,17 @@ def test_plans_built_by_stp_build_run_in_the_tensorrt_backend(bundle_copy, input
     x_as = x_patch.mean(axis=1)
     ours, ref = backend.head_features(x_clip, x_as), ort_cpu.head_features(x_clip, x_as)
     assert all(np.array_equal(ours[k], ref[k]) for k in ("score", "score_c", "probs"))
+    pixels = np.random.default_rng(4).integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)  # through model.pre.plan
+    from stprompt import windows
+
+    assert backend.input_format == "uint8"
+    np.testing.assert_array_equal(backend.encode_pixels(pixels), ort_fp16.encode(windows.normalize(pixels)))
     backend.close()
 
     trt = fake_tensorrt.install(monkeypatch, "10.7.0")  # a TensorRT upgrade on the device
     with pytest.raises(UserError, match=r"model\.plan was not built for this bundle on TensorRT 10\.7\.0"):
         open_backend(bundle_copy.with_name("model.plan"))
-    assert build_cli.main([str(bundle_copy), "--quiet"]) == 0 and len(trt.builds) == 3
+    assert build_cli.main([str(bundle_copy), "--quiet"]) == 0 and len(trt.builds) == 4
     backend, manifest = open_backend(bundle_copy.with_name("model.plan"))
     assert manifest.engines["head"]["tensorrt"] == "10.7.0" and backend.max_batch == 4  # the bundle's settings kept
     emb = backend.encode(inputs[0])

@@ -15,9 +15,10 @@ from stprompt.runtime.backends.sim import SimBackend, open_simulated, parse_sim
 
 
 def test_parse_sim_names():
-    assert parse_sim("sim:125") == (125.0, False) and parse_sim("sim:16.5").ms == 16.5 and parse_sim("SIM:0").ms == 0
-    assert parse_sim("sim:16:device") == (16.0, True) and parse_sim("ort-fp32") is None
-    for bad in ("sim:", "sim:fast", "sim:-3", "sim:1e3", "sim:16:host"):
+    assert parse_sim("sim:125") == (125.0, False, False) and parse_sim("sim:16.5").ms == 16.5
+    assert parse_sim("SIM:0").ms == 0 and parse_sim("ort-fp32") is None
+    assert parse_sim("sim:16:device") == (16.0, True, False) and parse_sim("sim:16:u8") == (16.0, False, True)
+    for bad in ("sim:", "sim:fast", "sim:-3", "sim:1e3", "sim:16:host", "sim:16:device:u8"):
         with pytest.raises(UserError, match="sim:MS"):
             parse_sim(bad)
 

@@ -80,3 +80,38 @@ def test_stp_run_check_gates_a_plan_against_onnx_runtime(tiny_bundle, tmp_path, 
     assert run_cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["a"] == "tensorrt" and report["gate"]["passed"] and report["crops"] == 100
+
+
+def test_stp_run_feeds_a_tensorrt_plan_uint8_crops_and_scores_as_the_graph_does(tiny_bundle, tmp_path, monkeypatch):
+    """With model.pre.plan the Detector cuts uint8 crops (a quarter of the float32 bytes) and the device normalises
+    them into the encoder's input: stp-run's events equal those of the graph the plan is built from, where the host
+    normalises (model.fp16.onnx on ONNX Runtime), to the last digit."""
+    import json
+
+    from conftest import write_video
+
+    from stprompt.engines.tensorrt import build_bundle_engines
+    from stprompt.runtime import cli as run_cli
+
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle.parent, dst)
+    trt = fake_tensorrt.install(monkeypatch, "10.6.0")
+    build_bundle_engines(dst / "model.json", log=lambda _: None, max_batch=64, opt_batch=50, max_window=128)
+    video = tmp_path / "v.mp4"
+    write_video(video, 80)
+    events = {}
+    for engine in ("model.plan", "model.fp16.onnx"):
+        out = tmp_path / f"{engine}.jsonl"
+        assert run_cli.main([str(video), "--engine", str(dst / engine), "--events", str(out), "--quiet"]) == 0
+        events[engine] = [json.loads(line) for line in out.read_text().splitlines()]
+    frames = {k: [(e["frame"], e["score"], e["probs"]) for e in v if e["type"] == "frame"] for k, v in events.items()}
+    assert frames["model.plan"] == frames["model.fp16.onnx"] and len(frames["model.plan"]) >= 4
+    calls = [(name, shapes) for name, shapes in trt.executions if "head" not in name]
+    pre = [i for i, (name, _) in enumerate(calls) if name == "model.pre.onnx"]
+    assert len(pre) >= 2  # the sampled frames' crops crossed as uint8 ...
+    for i in pre:  # ... each batch normalised on the device straight into the encoder's call that followed
+        (_, pixels), (encoder, images) = calls[i], calls[i + 1]
+        assert encoder == "model.fp16.onnx" and pixels["pixels"][1:] == (224, 224, 3)
+        assert images["images"] == (pixels["pixels"][0], 3, 224, 224)
+    # only an alarm frame's localization crops (scale B, rare) still go as float32
+    assert len(calls) - 2 * len(pre) <= sum(e["type"] == "alarm" for e in events["model.plan"])

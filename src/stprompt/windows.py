@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from .bundle.preprocess import DEFAULT, SIZE, Preprocess
-from .kernels.normalize import normalize_frames, normalize_tiles
+from .kernels.normalize import copy_tiles, normalize_frames, normalize_tiles
 
 IMAGE_SIZE = SIZE  # the only size the runtime honours (Preprocess.check_supported refuses others)
 _INTERP = cv2.INTER_CUBIC  # preprocess.RESAMPLER, the only resampler a bundle may name (check_supported)
@@ -164,6 +164,21 @@ def fill_encoder_batch(frame224: np.ndarray, out: np.ndarray, mask: np.ndarray |
         raise ValueError("out has no row for the full frame")
     normalize_frames(frame224[None], out[:1], pre.gain, pre.bias)
     return 1 + fill_windows(frame224, scale or scales(pre)[0], out[1:], mask, pre)
+
+
+def fill_pixel_batch(frame224: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None,
+                     scale: WindowScale | None = None, pre: Preprocess = DEFAULT) -> int:  # fmt: skip
+    """`fill_encoder_batch` for engines that normalise on their device: the same rows as uint8 BGR [rows, S, S, 3]
+    (the full frame, then the kept windows), copied out of the mosaic, not normalised; returns the row count."""
+    scale = scale or scales(pre)[0]
+    keep = np.ones(scale.count, bool) if mask is None else mask
+    rows = 1 + int(keep.sum())
+    if out.shape[0] < rows:
+        raise ValueError(f"out has {out.shape[0]} rows, the frame needs {rows}")
+    out[0] = frame224
+    if rows > 1:
+        copy_tiles(window_tiles(frame224, scale), keep, out[1:rows])
+    return rows
 
 
 def crops_per_frame(scale_b: bool = False, pre: Preprocess = DEFAULT) -> int:

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --engine, that file's backend and the baseline; with --clip, every backend this machine "
                    "has. sim:MS is a simulated GPU encoder for pipeline measurements only: each call holds MS ms per "
                    "50 crops without using the CPU, fixed embeddings, the bundle's real heads (sim:16 ~ a data-centre "
-                   "GPU, sim:125 ~ an embedded one, ViT-B/16 FP16); sim:MS:device cuts the windows on the device "
-                   "(as the PyTorch CUDA backend) instead of the host (as TensorRT and ONNX Runtime)")  # fmt: skip
+                   "GPU, sim:125 ~ an embedded one, ViT-B/16 FP16); the host cuts float32 crops (as ONNX Runtime), "
+                   "sim:MS:u8 uint8 crops the device normalises (as TensorRT with model.pre.plan), sim:MS:device "
+                   "only 224x224 frames, the windows cut on the device (as the PyTorch CUDA backend)")  # fmt: skip
     p.add_argument("--providers", help="ONNX Runtime providers for the ort-* backends (default CPU)")
     p.add_argument("--keep", metavar="DIR", help="with --clip: write the bundle here and keep it (reuse: --engine)")
     p.add_argument("--frames", type=int, default=48, help="video frames for the end-to-end run (stride 16: 3 sampled)")
@@ -158,7 +159,7 @@ def _open(name: str, bundle_dir: Path, providers):
     if (sim := parse_sim(name)) is not None:
         from ..runtime.backends.sim import open_simulated
 
-        return open_simulated(bundle_dir / "model.json", sim.ms, device=sim.device)
+        return open_simulated(bundle_dir / "model.json", sim.ms, device=sim.device, pixels=sim.pixels)
     if name in _TORCH:
         device, precision = _TORCH[name]
         backend, _ = open_backend(bundle_dir / "model.pt", device=device, precision=precision,

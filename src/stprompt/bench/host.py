@@ -128,22 +128,30 @@ def capacity(total_ms: float, stride: int, streams: int = CAPACITY_STREAMS, fps:
     }  # fmt: skip
 
 
+# how the crops reach the encoder: JSON key under `host` (None: the top level), table column, SimBackend options
+MODES = {"host": (None, "float32 crops", {}), "uint8": ("uint8_crops", "uint8 crops", {"pixels": True}),
+         "device": ("device_windows", "device windows", {"device": True})}  # fmt: skip
+
+
 def render(result: dict[str, Any]) -> list[str]:
     """The host section of the stdout table (nothing when the run measured no streams)."""
     host = result.get("host")
     if not host:
         return []
-    ceiling, device = host["ceiling"], host["device_windows"]
+    ceiling = host["ceiling"]
+    cols = [("float32 crops", {"ceiling": ceiling, "host_ms_per_sampled_frame": result["host_ms_per_sampled_frame"],
+                         "capacity": host["capacity"]})]  # fmt: skip
+    cols += [(label, host[key]) for key, label, _ in MODES.values() if key and key in host]
     out = ["", f"host, {ceiling['streams']} streams of {result['frame_size'][0]}x{result['frame_size'][1]}, "
            f"instant encoder (sim:0), {host['cores']} cores, load {ceiling['load_average_1min'][0]:g}",
-           f"{'CPU ms per sampled frame':28}{'windows on host':>16}{'on device':>12}"]  # fmt: skip
-    for stage, value in result["host_ms_per_sampled_frame"].items():
+           f"{'CPU ms per sampled frame':28}" + "".join(f"{label:>16}" for label, _ in cols)]  # fmt: skip
+    for stage in result["host_ms_per_sampled_frame"]:
         label = "localization (alarm frame)" if stage == "localization" else stage
-        out.append(f"{label:28}{value:>16.2f}{device['host_ms_per_sampled_frame'][stage]:>12.2f}")
-    rows = [("ceiling, sampled frames/s", ceiling["sampled_fps"], device["ceiling"]["sampled_fps"]),
-            ("  per core", ceiling["host_sampled_fps_per_core"], device["ceiling"]["host_sampled_fps_per_core"])]
-    out += [f"{label:28}{a:>16.1f}{b:>12.1f}" for label, a, b in rows]
-    for label, cap in (("windows on host", host["capacity"]), ("windows on device", device["capacity"])):
+        out.append(f"{label:28}" + "".join(f"{c['host_ms_per_sampled_frame'][stage]:>16.2f}" for _, c in cols))
+    out.append(f"{'ceiling, sampled frames/s':28}" + "".join(f"{c['ceiling']['sampled_fps']:>16.1f}" for _, c in cols))
+    out.append(f"{'  per core':28}" + "".join(f"{c['ceiling']['host_sampled_fps_per_core']:>16.1f}" for _, c in cols))
+    for label, c in cols:
+        cap = c["capacity"]
         out.append(f"capacity ({label}): {cap['streams']} streams at {cap['fps']:g} fps, stride {cap['stride']}: "
                    f"{cap['cores']:.1f} host cores; " + ", ".join(f"{v:.1f} x {k}" for k, v in cap["gpus"].items()))
     return out
@@ -152,32 +160,36 @@ def render(result: dict[str, Any]) -> list[str]:
 def ceiling(manifest, video: Path, frame: np.ndarray, streams: int, frames: int, work: Path) -> dict[str, Any]:
     """The host with an instant encoder (`sim:0`): its ceiling, CPU per stage (localization per alarm frame beside
     them), the capacity estimate; stp-bench's top-level `host_ceiling_sampled_fps`, `host_ms_per_sampled_frame`
-    and `host`. The same again with the windows cut on the device (`sim:0:device`, the PyTorch CUDA backend's
-    way) in `host.device_windows`."""
+    and `host` for float32 crops cut on the host (ONNX Runtime, OpenVINO, TensorRT without model.pre.plan). The same
+    again with uint8 crops normalised on the device (`sim:0:u8`, TensorRT with model.pre.plan) in
+    `host.uint8_crops`, and with the windows cut on the device (`sim:0:device`, the PyTorch CUDA backend's way) in
+    `host.device_windows`."""
     from ..runtime.backends.sim import SimBackend
     from .machine import usable_cores
 
     runs = {}
-    for device in (False, True):
-        backend = SimBackend(manifest, 0.0, device=device)
+    for mode, (_, _, options) in MODES.items():
+        backend = SimBackend(manifest, 0.0, **options)
         try:
-            run = run_streams(backend, manifest, video, streams, frames, work / f"events-ceiling-{device}.jsonl")
+            run = run_streams(backend, manifest, video, streams, frames, work / f"events-ceiling-{mode}.jsonl")
             located = localization_ms(backend, manifest, frame)
         finally:
             backend.close()
         ms = {**run["host_ms_per_sampled_frame"], "localization": round(located, 3)}
-        runs[device] = {"run": run, "ms": ms, "capacity": capacity(ms["total"], manifest.stride)}
-    on_host, on_device = runs[False], runs[True]
+        runs[mode] = {"ceiling": run, "host_ms_per_sampled_frame": ms, "capacity": capacity(ms["total"],
+                                                                                          manifest.stride)}  # fmt: skip
+    on_host = runs["host"]
     return {
-        "host_ceiling_sampled_fps": on_host["run"]["sampled_fps"],
-        "host_ms_per_sampled_frame": on_host["ms"],
-        "host": {"ceiling": on_host["run"], "cores": usable_cores(), "capacity": on_host["capacity"],
-                 "device_windows": {"ceiling": on_device["run"], "host_ms_per_sampled_frame": on_device["ms"],
-                                    "capacity": on_device["capacity"]},
+        "host_ceiling_sampled_fps": on_host["ceiling"]["sampled_fps"],
+        "host_ms_per_sampled_frame": on_host["host_ms_per_sampled_frame"],
+        "host": {"ceiling": on_host["ceiling"], "cores": usable_cores(), "capacity": on_host["capacity"],
+                 **{key: runs[mode] for mode, (key, _, _) in MODES.items() if key},
                  "references_ms_per_50_crops": {k: {"ms": v, "source": src} for k, (v, src) in REFERENCE_MS.items()},
                  "timed": "host CPU = thread CPU time inside each stage summed over threads (stageclock), other = "
                  "the process's CPU time beyond the stages, total = the process's CPU time, each per sampled frame "
                  "(decode of every frame included); localization per alarm frame, timed alone; ceiling = sampled "
-                 "frames/s with sim:0 on this machine's cores; device_windows: the same with sim:0:device (windows "
-                 "cut on the device from 224x224 uint8 frames, as the PyTorch CUDA backend)"},
+                 "frames/s with sim:0 on this machine's cores, float32 crops cut on the host; uint8_crops: the same "
+                 "with sim:0:u8 (uint8 crops cut on the host, normalised on the device, as TensorRT with "
+                 "model.pre.plan); device_windows: with sim:0:device (windows cut on the device from 224x224 uint8 "
+                 "frames, as the PyTorch CUDA backend)"},
     }  # fmt: skip

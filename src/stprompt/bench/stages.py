@@ -180,6 +180,9 @@ class EncoderClock:
     def encode_frames(self, smalls, masks):
         return self._timed(self._backend.encode_frames, smalls, masks)
 
+    def encode_pixels(self, pixels):
+        return self._timed(self._backend.encode_pixels, pixels)
+
 
 def run_end_to_end(backend, name: str, manifest, video: Path, n_frames: int,
                    gate: float = 0.0) -> tuple[Timing, dict[str, float]]:  # fmt: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import UserError
-from .graphs import ENCODER_INPUT, X_AS, X_CLIP, X_PATCH
+from .graphs import ENCODER_INPUT, PRE_INPUT, X_AS, X_CLIP, X_PATCH
 from .hashing import sha256_file
 from .manifest import ENGINE_SUFFIXES, Manifest
 
@@ -58,6 +58,13 @@ def encoder_profiles(max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int = DEFAUL
         raise UserError(f"need 1 <= opt batch ({opt_batch}) <= --max-batch ({max_batch})")
     img = (3, size, size)
     return [InputProfile(ENCODER_INPUT, (1, *img), (opt_batch, *img), (max_batch, *img))]
+
+
+def pre_profiles(max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int = DEFAULT_OPT_BATCH,
+                 size: int = 224) -> list[InputProfile]:  # fmt: skip
+    """pixels [N, size, size, 3] uint8 of the preprocessing plan: the encoder's batch range."""
+    (enc,) = encoder_profiles(max_batch, opt_batch, size)
+    return [InputProfile(PRE_INPUT, *((n, size, size, 3) for n in (enc.min[0], enc.opt[0], enc.max[0])))]
 
 
 def head_profiles(dim: int, max_window: int, opt_window: int) -> list[InputProfile]:
@@ -172,6 +179,9 @@ def engine_jobs(manifest: Manifest, settings: BuildSettings | None = None) -> li
     if manifest.has("head_features"):
         profiles = head_features_profiles(manifest.dim, settings.max_window, settings.opt_window)
         jobs.append(EngineJob("head_features", "fp32", profiles, "head_features"))
+    if manifest.has("encoder_pre"):  # bundles exported before it have none: their crops are normalised on the host
+        profiles = pre_profiles(settings.max_batch, settings.opt_batch, manifest.preprocess.size)
+        jobs.append(EngineJob("encoder_pre", "fp32", profiles, "encoder_pre"))
     return jobs
 
 
@@ -188,7 +198,7 @@ def expected_key(manifest: Manifest, role: str, trt_version: str, compute_capabi
         if job.role == role:
             onnx_sha = manifest.raw["files"][job.source_role]["sha256"]
             return engine_cache_key(onnx_sha, trt_version, compute_capability, job.precision, job.profiles)
-    raise UserError(f"no engine role {role!r} (encoder, head, head_features)")
+    raise UserError(f"no engine role {role!r} (encoder, head, head_features, encoder_pre)")
 
 
 def plan_is_current(manifest: Manifest, role: str, key: str) -> bool:

@@ -62,6 +62,20 @@ def head_gate(outputs: list[dict[str, np.ndarray]], references: list[dict[str, n
     }
 
 
+PRE_GATE = 1e-6  # the device preprocessing graph computes the host kernels' float32 arithmetic: equal, up to FMA
+
+
+def pre_gate(session, pixels: np.ndarray, expected: np.ndarray, threshold: float = PRE_GATE) -> dict:
+    """Gate record of the preprocessing graph (`model.pre.onnx`) on ONNX Runtime: its output for the probe's uint8
+    crops against the host's normalised crops of the same pixels (`windows.normalize`)."""
+    from .graphs import PRE_INPUT
+
+    out = session.run(None, {PRE_INPUT: np.ascontiguousarray(pixels)})[0]
+    worst = float(np.abs(np.asarray(out, np.float32) - expected).max()) if out.shape == expected.shape else float("inf")
+    return {"metric": "max abs difference of the graph's normalised crops vs the host kernels' (ONNX Runtime)",
+            "max_abs": worst, "threshold": threshold, "passed": bool(worst <= threshold), "crops": int(len(pixels))}
+
+
 def describe(name: str, gate: dict) -> str:
     """One log line for a gate record."""
     value = f"min centered cosine {gate['min']:.6f}" if "min" in gate else f"max abs {gate['max_abs']:.2e}"

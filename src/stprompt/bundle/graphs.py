@@ -11,6 +11,9 @@ ENCODER_INPUT = "images"  # [N, 3, S, S] float32, CLIP-normalised RGB (S = the b
 ENCODER_OUTPUT = "embeddings"  # [N, D] float32, projected CLS, not L2-normalised
 ENCODER_INPUTS = (ENCODER_INPUT,)
 ENCODER_OUTPUTS = (ENCODER_OUTPUT,)
+# the preprocessing graph run on the device before the encoder: uint8 crops in, the encoder's input out
+PRE_INPUT = "pixels"  # [N, S, S, 3] uint8 BGR, as cv2 cuts them (a quarter of the float32 crops' bytes)
+PRE_OUTPUT = ENCODER_INPUT  # [N, 3, S, S] float32, CLIP-normalised RGB: pixel * gain[c] + bias[c]
 
 X_CLIP, X_PATCH, X_AS = "x_clip", "x_patch", "x_as"
 HEAD_INPUTS = (X_CLIP, X_PATCH)  # x_clip [T, D], x_patch [T, 49, D]
@@ -22,6 +25,7 @@ ROLE_INPUTS = {
     "encoder": ENCODER_INPUTS,
     "encoder_fp16": ENCODER_INPUTS,
     "encoder_int8": ENCODER_INPUTS,
+    "encoder_pre": (PRE_INPUT,),
     "head": HEAD_INPUTS,
     "head_features": HEAD_FEATURES_INPUTS,
 }

@@ -25,14 +25,16 @@ ROLE_SUFFIXES = {
     "encoder": ".onnx",  # fp32 image encoder: the reference graph and the TensorRT build input
     "encoder_fp16": ".fp16.onnx",  # --precision fp16: fp16 weights/matmuls, normalisations and softmax in fp32
     "encoder_int8": ".int8.onnx",  # --int8-cpu: dynamic int8 MatMul/Gemm weights for ONNX Runtime on CPU
+    "encoder_pre": ".pre.onnx",  # uint8 BGR crops -> the encoder's normalised input, run on the device (GPU engines)
     "head": ".head.onnx",  # temporal head, T dynamic, prompts baked in
     "head_features": ".head_as.onnx",  # the same head after SA2: x_clip, x_as (the runtime's streaming path)
     "queries": ".queries.npz",  # localization query embeddings
 }
 REQUIRED_ROLES = ("encoder", "head", "queries")
 # engines built on the target: TensorRT plans, OpenVINO IR (each .xml with its .bin; see bundle.openvino_keys)
-ENGINE_SUFFIXES = {"encoder": ".plan", "head": ".head.plan", "head_features": ".head_as.plan",
-                   "encoder_openvino": ".xml", "encoder_openvino_int8": ".int8.xml"}  # fmt: skip
+ENGINE_SUFFIXES = {"encoder": ".plan", "encoder_pre": ".pre.plan", "head": ".head.plan",
+                   "head_features": ".head_as.plan", "encoder_openvino": ".xml",
+                   "encoder_openvino_int8": ".int8.xml"}  # fmt: skip
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str,

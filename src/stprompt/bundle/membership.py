@@ -69,5 +69,11 @@ def require_encoder_role(path: Path, role: str, manifest: Manifest) -> None:
             f"{path.name} is the bundle's temporal head; pass the image encoder engine instead "
             f"(e.g. {manifest.stem.name}.onnx or {manifest.stem.name}.plan): the head is found through the manifest"
         )
+    if role == "encoder_pre":
+        raise UserError(
+            f"{path.name} is the bundle's preprocessing (uint8 crops -> the encoder's input), which a TensorRT "
+            f"engine runs before the encoder by itself; pass the image encoder instead (e.g. {manifest.stem.name}.onnx "
+            f"or {manifest.stem.name}.plan)"
+        )
     if not role.startswith("encoder"):
         raise UserError(f"{path.name} is the bundle's {role!r} file, not an image encoder engine")

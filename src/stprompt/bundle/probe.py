@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..windows import encoder_batch
+from ..windows import crops_per_frame, encoder_batch, fill_pixel_batch, resize_frame
 from .preprocess import DEFAULT, Preprocess
 
 PROBE_SEED = 1234
@@ -48,3 +48,15 @@ def probe_batch(n_frames: int = 2, pre: Preprocess = DEFAULT) -> np.ndarray:
     if n_frames < 1:
         raise ValueError("the probe needs at least one frame")
     return np.concatenate([encoder_batch(probe_frame(k), pre=pre) for k in range(n_frames)], axis=0)
+
+
+def probe_pixels(n_frames: int = 2, pre: Preprocess = DEFAULT) -> np.ndarray:
+    """The probe's crops as uint8 BGR [n_frames * 50, S, S, 3], before normalisation: what an engine that
+    normalises on its device (`model.pre.onnx`) is fed; normalised they are exactly `probe_batch`'s."""
+    if n_frames < 1:
+        raise ValueError("the probe needs at least one frame")
+    per = crops_per_frame(pre=pre)
+    out = np.empty((n_frames * per, pre.size, pre.size, 3), np.uint8)
+    for k in range(n_frames):
+        fill_pixel_batch(resize_frame(probe_frame(k)), out[k * per : (k + 1) * per], pre=pre)
+    return out

@@ -29,10 +29,11 @@ from ..bundle.ort import ort_session, run_head
 from ..bundle.preprocess import Preprocess
 from ..errors import UserError
 from .options import ExportOptions, default_thresholds, resolve_stem
+from .pre_graph import write_pre_graph
 from .trt_ops import check_graph
 
 HEAD_GATE_LENGTHS = (1, 2, 17)  # plus the engine's opt and max window
-GRAPH_ROLES = ("encoder", "head", "head_features")  # the graphs a TensorRT target builds (op-checked)
+GRAPH_ROLES = ("encoder", "encoder_pre", "head", "head_features")  # the graphs a TensorRT target builds (op-checked)
 
 
 def head_gate_inputs(x_ref: np.ndarray, dim: int, lengths: list[int], seed: int = 0) -> list[tuple[np.ndarray, ...]]:
@@ -143,7 +144,7 @@ def gate_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions, 
     crops by `pre` (the bundle's own preprocessing), the heads at every length in `lengths`."""
     import torch
 
-    from ..bundle.probe import PROBE_SEED, PROBE_SIZE, probe_batch
+    from ..bundle.probe import PROBE_SEED, PROBE_SIZE, probe_batch, probe_pixels
     from ..clip.image import ImageEncoder
 
     probe = probe_batch(opts.probe_frames, pre)
@@ -164,6 +165,8 @@ def gate_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions, 
     for name, role, threshold, fp16 in variants:
         emb = gate_mod.run_encoder_checked(stage.paths[role], probe, fp16=fp16, name=stage.final(role).name)
         gates[name] = gate_mod.encoder_gate(emb, reference, threshold, fp16=fp16)
+    gates["encoder_pre"] = gate_mod.pre_gate(ort_session(stage.paths["encoder_pre"]),
+                                             probe_pixels(opts.probe_frames, pre), probe)  # fmt: skip
     dim = int(reference.shape[1])
     inputs = head_gate_inputs(reference, dim, lengths)
     refs = [torch_head_outputs(head, prompts, x_clip, x_patch) for x_clip, x_patch in inputs]
@@ -261,6 +264,7 @@ def export_bundle(
     stage = Staging(stem)
     try:
         timings = write_graphs(stage, clip.model, head, prompts, opts)
+        write_pre_graph(stage.path("encoder_pre"), pre)  # a few hundred bytes: GPU engines normalise on the device
         queries = encode_bank(clip.model, bank, ckpt.classes)
         _write_queries(stage.path("queries"), queries)
         t = time.perf_counter()

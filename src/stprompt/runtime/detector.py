@@ -150,6 +150,8 @@ class Detector:
         self.on_snippet = on_snippet
         self.gate = WindowGate(gate, self.scale_a, per_source=gate_per_source, refresh=gate_refresh)
         self._buffers: list[np.ndarray | None] = [None] * BUFFERS  # encoder batches, grown and reused in turn
+        # uint8 BGR crops for backends that normalise on their device (TensorRT with model.pre.plan), else float32
+        self._pixels = getattr(backend, "input_format", "float32") == "uint8"
         self._turn = 0
         self.window_workers = window_workers  # frames cut at once on `parallel.window_pool` (None: one per core)
         self.clock: StageClock | Any = NO_CLOCK  # stp-bench's StageClock: host CPU time per stage
@@ -191,6 +193,8 @@ class Detector:
             return np.zeros((0, self.backend.dim), np.float32)
         if self.backend.gpu_preprocessing:  # backends that cut windows on their device get the 224x224 uint8 frames
             return self.backend.encode_frames(batch.smalls, batch.masks)
+        if self._pixels:  # backends that normalise on their device get uint8 crops (a quarter of the bytes)
+            return self.backend.encode_pixels(batch.crops)
         return self.backend.encode(batch.crops)
 
     def complete(self, batch: Batch, embeddings: np.ndarray) -> list[dict[str, Any]]:
@@ -283,15 +287,17 @@ class Detector:
         self._turn = (self._turn + 1) % BUFFERS
         buffer = self._buffers[self._turn]
         if buffer is None or len(buffer) < rows:
-            size = self.preprocess.size
-            buffer = np.empty((max(rows, windows.crops_per_frame(pre=self.preprocess)), 3, size, size), np.float32)
+            size, n = self.preprocess.size, max(rows, windows.crops_per_frame(pre=self.preprocess))
+            shape = (n, size, size, 3) if self._pixels else (n, 3, size, size)
+            buffer = np.empty(shape, np.uint8 if self._pixels else np.float32)
             self._buffers[self._turn] = buffer
         starts = np.cumsum([0] + [1 + int(m.sum()) for m in masks])[:-1].tolist()
+        fill_rows = windows.fill_pixel_batch if self._pixels else windows.fill_encoder_batch
 
         def fill(job: tuple[np.ndarray, np.ndarray, int]) -> int:
             small, mask, start = job
             with self.clock("windows"):
-                return windows.fill_encoder_batch(small, buffer[start:], mask, pre=self.preprocess)
+                return fill_rows(small, buffer[start:], mask, pre=self.preprocess)
 
         parallel_map(fill, list(zip(smalls, masks, starts, strict=True)), self.window_workers)
         return buffer[:rows]

@@ -38,10 +38,16 @@ class Backend(Protocol):
     max_batch: int | None  # encoder calls larger than this are split inside encode(); None = unlimited
     max_window: int | None  # largest T head() takes (TensorRT profile max); None = unlimited
     gpu_preprocessing: bool  # True: the Detector hands over uint8 frames (encode_frames), not float crops
+    input_format: str  # "float32": normalised crops (encode); "uint8": raw BGR crops, normalised on the device
     preprocess: Preprocess  # the bundle's preprocessing (size, mean / std, windows)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """[N, 3, 224, 224] float32 (CLIP-normalised) -> [N, D] float32."""
+        ...
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """[N, 224, 224, 3] uint8 BGR crops (not normalised) -> [N, D] float32; what the Detector calls when
+        `input_format` is "uint8"."""
         ...
 
     def encode_frames(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
@@ -70,13 +76,23 @@ class BackendBase:
     max_batch: int | None = None
     max_window: int | None = None
     gpu_preprocessing: bool = False
+    input_format: str = "float32"
     preprocess: Preprocess = DEFAULT
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _encode_pixel_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """One call within max_batch on uint8 crops: backends whose `input_format` is "uint8" implement it."""
+        return self._encode_batch(windows.normalize(pixels, pre=self.preprocess))
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         return split_batches(self._encode_batch, check_images(images, self.preprocess.size), self.max_batch,
+                             self.dim)  # fmt: skip
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 BGR crops: normalised on the device by a "uint8" backend, else here on the host (same numbers)."""
+        return split_batches(self._encode_pixel_batch, check_pixels(pixels, self.preprocess.size), self.max_batch,
                              self.dim)  # fmt: skip
 
     def encode_frames(self, smalls: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
@@ -101,6 +117,13 @@ def check_images(images: np.ndarray, size: int = 224) -> np.ndarray:
     if images.ndim != 4 or images.shape[1:] != (3, size, size):
         raise ValueError(f"encoder input must be [N, 3, {size}, {size}], got {list(images.shape)}")
     return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def check_pixels(pixels: np.ndarray, size: int = 224) -> np.ndarray:
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3) or pixels.dtype != np.uint8:
+        raise ValueError(f"pixel crops must be [N, {size}, {size}, 3] uint8, got {list(pixels.shape)} {pixels.dtype}")
+    return np.ascontiguousarray(pixels)
 
 
 def check_head_inputs(x_clip: np.ndarray, x_patch: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...bundle.engine_keys import expected_key, plan_is_current
-from ...bundle.graphs import ENCODER_INPUT, ENCODER_OUTPUT, X_AS, X_CLIP, X_PATCH
+from ...bundle.engine_keys import engine_path, expected_key, plan_is_current
+from ...bundle.graphs import ENCODER_INPUT, ENCODER_OUTPUT, PRE_INPUT, PRE_OUTPUT, X_AS, X_CLIP, X_PATCH
 from ...bundle.manifest import Manifest
 from ...engines import tensorrt as trt_engines
 from ...errors import UserError
@@ -38,11 +38,28 @@ class _TrtEngine:
         shapes = dict(self.max_shapes)
         shapes.update({n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs})
         self.buffers: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
         for n in names:
-            self.buffers[n] = mem.malloc(int(np.prod(shapes[n])) * self.dtypes[n].itemsize)
+            self.bytes[n] = int(np.prod(shapes[n])) * self.dtypes[n].itemsize
+            self.buffers[n] = mem.malloc(self.bytes[n])
             self.context.set_tensor_address(n, self.buffers[n])
+        self.borrowed: set[str] = set()  # outputs written into another engine's input buffer (not fetched, not freed)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def write_into(self, output: str, other: _TrtEngine, input_: str) -> None:
+        """Chain: this engine's `output` goes straight into `other`'s `input_` buffer on the device (same stream,
+        so in order), never to the host."""
+        if self.bytes[output] > other.bytes[input_]:
+            raise UserError(f"{self.path.name}: its {output} does not fit {other.path.name}'s {input_} (rebuild both "
+                            "with the same --max-batch: stp-build)")  # fmt: skip
+        with self.mem.active():
+            self.mem.free(self.buffers[output])
+        self.buffers[output] = other.buffers[input_]
+        self.context.set_tensor_address(output, self.buffers[output])
+        self.borrowed.add(output)
+
+    def run(self, feeds: dict[str, np.ndarray], then: tuple[_TrtEngine, str] | None = None) -> dict[str, np.ndarray]:
+        """Copy `feeds` in, execute, copy the outputs out. `then` = (engine, input): a chained engine executed next
+        on the device, its input already written by this one (`write_into`); the outputs are then its."""
         with self.mem.active():
             hosts = []
             for n in self.inputs:
@@ -59,18 +76,30 @@ class _TrtEngine:
                                     f"max {list(self.max_shapes[n])}); rebuild it with stp-build")  # fmt: skip
                 self.mem.h2d(self.buffers[n], arr)
                 hosts.append(arr)  # keep host memory alive until the stream is synchronized
-            outs = {n: np.empty(tuple(self.context.get_tensor_shape(n)), self.dtypes[n]) for n in self.outputs}
-            if not self.context.execute_async_v3(self.mem.handle):
-                raise RuntimeError(f"{self.path.name}: TensorRT execute_async_v3 failed")
+            last = self._execute()
+            if then is not None:
+                engine, input_ = then
+                (output,) = self.borrowed
+                if engine.context.set_input_shape(input_, tuple(self.context.get_tensor_shape(output))) is False:
+                    raise UserError(f"{engine.path.name}: TensorRT refuses input {input_} from {self.path.name}")
+                last = engine._execute()
+            outs = {n: np.empty(tuple(last.context.get_tensor_shape(n)), last.dtypes[n])
+                    for n in last.outputs if n not in last.borrowed}  # fmt: skip
             for n, host in outs.items():
-                self.mem.d2h(host, self.buffers[n])
+                self.mem.d2h(host, last.buffers[n])
             self.mem.sync()
         return outs
 
+    def _execute(self) -> _TrtEngine:
+        if not self.context.execute_async_v3(self.mem.handle):
+            raise RuntimeError(f"{self.path.name}: TensorRT execute_async_v3 failed")
+        return self
+
     def close(self) -> None:
         with self.mem.active():
-            for ptr in self.buffers.values():
-                self.mem.free(ptr)
+            for n, ptr in self.buffers.items():
+                if n not in self.borrowed:
+                    self.mem.free(ptr)
         self.buffers.clear()
         self.context = self.engine = None
 
@@ -82,12 +111,13 @@ class TrtBackend(BackendBase):
         trt = trt_engines.require_tensorrt()
 
         version, cc = str(trt.__version__), trt_engines.gpu_compute_capability()
-        roles = ("encoder", "head") + (("head_features",) if manifest.has("head_features") else ())
+        roles = ("encoder", "head") + tuple(r for r in ("head_features", "encoder_pre") if manifest.has(r))
         for role in roles:
             path = manifest.engine(role)
             if path is None or not plan_is_current(manifest, role, expected_key(manifest, role, version, cc)):
                 raise UserError(
-                    f"{(path or plan).name} was not built for this bundle on TensorRT {version} / GPU sm {cc} "
+                    f"{(path or engine_path(manifest, role)).name} was not built for this bundle on TensorRT {version} "
+                    f"/ GPU sm {cc} "
                     f"(stale or foreign plan); rebuild on this device: stp-build {manifest.path}"
                 )
         self.manifest, self.path, self.dim, self.name = manifest, plan, manifest.dim, "tensorrt"
@@ -102,12 +132,22 @@ class TrtBackend(BackendBase):
             if "head_features" in roles
             else None
         )
+        self._pre = None
+        if "encoder_pre" in roles:  # uint8 crops in, normalised on the device straight into the encoder's input
+            self._pre = _TrtEngine(trt, self._runtime, manifest.engine("encoder_pre"), self._mem)
+            self._pre.write_into(PRE_OUTPUT, self._encoder, ENCODER_INPUT)
+            self.input_format = "uint8"
         limit = self._encoder.max_shapes[ENCODER_INPUT][0]
         self.max_batch = min(max_batch or limit, limit)  # larger calls are split at the profile's max, not refused
         self.max_window = self._head.max_shapes[X_CLIP][0]
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         return self._encoder.run({ENCODER_INPUT: images})[ENCODER_OUTPUT]
+
+    def _encode_pixel_batch(self, pixels: np.ndarray) -> np.ndarray:
+        if self._pre is None:  # a bundle exported before model.pre.onnx: normalised on the host
+            return super()._encode_pixel_batch(pixels)
+        return self._pre.run({PRE_INPUT: pixels}, then=(self._encoder, ENCODER_INPUT))[ENCODER_OUTPUT]
 
     def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
         x_clip, x_patch = check_head_inputs(x_clip, x_patch, self.dim)
@@ -120,7 +160,7 @@ class TrtBackend(BackendBase):
         return as_float32(self._head_features.run({X_CLIP: x_clip, X_AS: x_as}))
 
     def close(self) -> None:
-        for engine in (self._encoder, self._head, self._head_features):
+        for engine in (self._pre, self._encoder, self._head, self._head_features):
             if engine is not None:
                 engine.close()
         self._mem.close()
