@@ -119,6 +119,15 @@ def make_checkpoint(clip, path: Path, seed: int = 0, classes: list[str] = CLASSE
 
 
 @pytest.fixture(scope="session")
+def blob_clip(tmp_path_factory) -> Path:
+    """64 frames of a noisy static scene with a moving bright square in frames 16-47: read-only, shared by the
+    runtime pipeline and metrics tests."""
+    path = tmp_path_factory.mktemp("blob-clip") / "clip.mp4"
+    write_video(path, 64, seed=7, blob=(16, 48))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tiny_clip, tmp_path_factory) -> Path:
     """One stp-tiny bundle (fp16 + int8 encoders) with its checkpoint beside it as model.pt; the manifest path.
 

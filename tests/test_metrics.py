@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import write_video
 
 from stprompt.errors import UserError
 from stprompt.runtime import cli as run_cli
@@ -31,10 +30,8 @@ TIMEOUT_S = 5.0  # every HTTP request; a run here takes a few seconds at most
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("metrics") / "clip.mp4"
-    write_video(path, 64, seed=7, blob=(16, 48))
-    return path
+def video(blob_clip) -> Path:
+    return blob_clip
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import count_frames, stable_ids, write_video
+from conftest import count_frames, stable_ids
 
 from stprompt.errors import UserError
 from stprompt.runtime import cli as run_cli
@@ -22,10 +22,8 @@ ALARMS = ["--alarm-on", "0", "--alarm-off", "0"]  # every snippet alarms: heat m
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("pipeline") / "clip.mp4"
-    write_video(path, 64, seed=7, blob=(16, 48))
-    return path
+def video(blob_clip) -> Path:
+    return blob_clip
 
 
 @pytest.fixture(scope="module")
