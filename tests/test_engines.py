@@ -18,8 +18,8 @@ def test_printed_trtexec_commands_cover_every_engine_the_builder_builds(tiny_bun
         print_next_steps(manifest)
     lines = [line for line in out.getvalue().splitlines() if "or with trtexec" in line]
     jobs = engine_jobs(manifest, BuildSettings.from_manifest(manifest))
-    assert [job.role for job in jobs] == ["encoder", "head", "head_features"]
-    assert [job.source_role for job in jobs] == ["encoder_fp16", "head", "head_features"]  # an fp16 bundle
+    assert [job.role for job in jobs] == ["encoder", "head", "head_features", "encoder_pre"]
+    assert [job.source_role for job in jobs] == ["encoder_fp16", "head", "head_features", "encoder_pre"]  # fp16
     assert len(lines) == len(jobs)
     for job, line in zip(jobs, lines, strict=True):
         assert f"({job.role})" in line
