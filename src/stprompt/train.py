@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import math
 import signal
 import sys
@@ -37,6 +36,18 @@ from .errors import UserError, cli_entry, inform, warn
 from .fileio import check_writable
 from .model.config import SPATIAL, TEMPORAL
 
+# the loop calls these through this module's names (tests and benchmarks patch train.collate, train.load_train_set)
+from .train_data import (  # noqa: F401 - TrainSet and batches_per_epoch: the training set's API, re-exported
+    TrainSet,
+    balanced_batches,
+    batches_per_epoch,
+    collate,
+    drop_clip,
+    load_train_set,
+    split_validation,
+)
+from .train_report import CHANCE_MARGIN, chance_warning, plot_losses  # noqa: F401 - CHANCE_MARGIN: re-exported
+
 DEFAULT_EPOCHS = 10  # SPEC.md, Training
 # The default run is at least this many optimizer steps. UCF-Crime's 1610 training videos (800 normal,
 # 810 anomalous) make ceil(810 / 32) = 26 balanced batches of 64, so its 10 epochs are 260 steps >= 250 and keep
@@ -51,115 +62,8 @@ SMALL_SET = 200
 SMALL_SET_MIN_STEPS = 500
 SMALL_SET_CLIP_DROPOUT = 0.5
 MAX_SAVES = 50  # default --save-every: once per epoch, but at most this many checkpoint writes per run
-CHANCE = math.log(2)  # L_class of a model that says 0.5 everywhere, on half-normal, half-anomalous batches
-# "not moved": the mean L_class of the run's last tenth is above ln 2 - 0.05. On the controlled stores the paper's
-# 10 steps end at 0.645-0.698 (test AUC 0.45-0.58, untrained) and 250 steps at 0.045-0.131 (AUC 0.90-0.97).
-CHANCE_MARGIN = 0.05
 LOSS_PARTS = ("loss", "class", "align", "const")
 CONST_FORMS = ("sum", "mean")  # stprompt.model.losses.CONST_FORMS (not imported: --help stays free of torch)
-
-
-@dataclass
-class TrainSet:
-    x_clip: list[np.ndarray]  # each [T_i, D], T_i <= max_snippets
-    x_as: list[np.ndarray]
-    targets: np.ndarray  # [N, 1 + C] multi-hot class labels
-    anomalous: np.ndarray  # [N] bool
-    ids: list[str] = field(default_factory=list)  # video ids, in the order above
-
-
-def pool_snippets(x: np.ndarray, bins: int) -> np.ndarray:
-    """Average-pool [T, ...] into `bins` uniform bins when T > bins (training only)."""
-    t = x.shape[0]
-    if t <= bins:
-        return x
-    edges = np.linspace(0, t, bins + 1).round().astype(int)
-    sums = np.add.reduceat(x, edges[:-1], axis=0)
-    return (sums / np.diff(edges).reshape((-1,) + (1,) * (x.ndim - 1))).astype(x.dtype)
-
-
-def load_train_set(store: FeatureStore, head_cfg, max_snippets: int, progress: bool = True) -> TrainSet:
-    import torch
-    from tqdm import tqdm
-
-    from .model.sa2 import spatial_aggregate
-
-    videos = store.videos("train")
-    if not videos:
-        raise UserError(f"{store.root} has no training videos; extract with --split train or all")
-    classes = store.classes
-    xs_clip, xs_as, targets, anomalous, ids = [], [], [], [], []
-    for video in tqdm(videos, desc="stp-train: loading", unit="video", disable=not progress, file=sys.stderr):
-        arrays = store.load(video.id)
-        x_clip = arrays["x_clip"].astype(np.float32)
-        if head_cfg.spatial != "none":
-            with torch.no_grad():
-                xp = torch.from_numpy(arrays["x_patch"].astype(np.float32))[None]
-                x_as = spatial_aggregate(xp, None, head_cfg.topk_windows, head_cfg.spatial)[0].numpy()
-        else:
-            x_as = np.zeros_like(x_clip)
-        xs_clip.append(pool_snippets(x_clip, max_snippets))
-        xs_as.append(pool_snippets(x_as, max_snippets))
-        target = np.zeros(len(classes), np.float32)
-        for lab in video.labels:
-            target[classes.index(lab)] = 1.0
-        targets.append(target)
-        anomalous.append(video.is_anomalous)
-        ids.append(video.id)
-    return TrainSet(xs_clip, xs_as, np.stack(targets), np.asarray(anomalous, bool), ids)
-
-
-def balanced_batches(anomalous: np.ndarray, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of batches: half normal, half anomalous when both exist (the smaller side cycles)."""
-    normal_idx = np.flatnonzero(~anomalous)
-    anomal_idx = np.flatnonzero(anomalous)
-    if len(normal_idx) == 0 or len(anomal_idx) == 0:
-        order = rng.permutation(len(anomalous))
-        return [order[i : i + batch] for i in range(0, len(order), batch)]
-    half = max(1, batch // 2)
-    steps = math.ceil(max(len(normal_idx), len(anomal_idx)) / half)
-
-    def stream(idx: np.ndarray) -> np.ndarray:
-        reps = math.ceil(steps * half / len(idx))
-        return np.concatenate([rng.permutation(idx) for _ in range(reps)])
-
-    n_stream, a_stream = stream(normal_idx), stream(anomal_idx)
-    take = min(half, len(normal_idx)), min(half, len(anomal_idx))
-    return [
-        np.concatenate([n_stream[s * take[0] : (s + 1) * take[0]], a_stream[s * take[1] : (s + 1) * take[1]]])
-        for s in range(steps)
-    ]
-
-
-def collate(data: TrainSet, idx: np.ndarray):
-    """Pad a batch to its longest video: x_clip, x_as [B, T, D], mask [B, T], lengths, targets, y."""
-    import torch
-
-    lengths = np.array([len(data.x_clip[i]) for i in idx])
-    t, d = int(lengths.max()), data.x_clip[idx[0]].shape[1]
-    x_clip = np.zeros((len(idx), t, d), np.float32)
-    x_as = np.zeros((len(idx), t, d), np.float32)
-    mask = np.zeros((len(idx), t), np.float32)
-    for row, i in enumerate(idx):
-        x_clip[row, : lengths[row]] = data.x_clip[i]
-        x_as[row, : lengths[row]] = data.x_as[i]
-        mask[row, : lengths[row]] = 1.0
-    return (
-        torch.from_numpy(x_clip),
-        torch.from_numpy(x_as),
-        torch.from_numpy(mask),
-        torch.from_numpy(lengths),
-        torch.from_numpy(data.targets[idx]),
-        torch.from_numpy(data.anomalous[idx].astype(np.float32)),
-    )
-
-
-def batches_per_epoch(anomalous: np.ndarray, batch: int) -> int:
-    """len(balanced_batches(anomalous, batch, rng)), known before any is drawn: the schedule is planned from it."""
-    n_normal, n_anomalous = int((~anomalous).sum()), int(anomalous.sum())
-    if n_normal == 0 or n_anomalous == 0:
-        return math.ceil(len(anomalous) / batch)
-    return math.ceil(max(n_normal, n_anomalous) / max(1, batch // 2))
 
 
 @dataclass
@@ -205,34 +109,6 @@ def resolve_clip_dropout(given: float | None, n_videos: int, spatial: str) -> tu
     return 0.0, "the paper's recipe"
 
 
-def drop_clip(x_clip, p: float, seed: int, step: int):
-    """Zero each video's x_clip [B, T, D] with probability p, drawn from (seed, step) so --resume redraws it."""
-    import torch
-
-    if p <= 0:
-        return x_clip
-    keep = np.random.default_rng([seed, step, 0x636C6970]).random(x_clip.shape[0]) >= p  # "clip"
-    return x_clip * torch.from_numpy(keep.astype(np.float32))[:, None, None]
-
-
-def split_validation(anomalous: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the training videos held out for validation: round(fraction x n) of the normal and of the
-    anomalous ones separately (so the video-level AUC is defined: at least one of each held out and one kept)."""
-    held = np.zeros(len(anomalous), bool)
-    if fraction <= 0:
-        return held
-    rng = np.random.default_rng([seed, 0x76616C])  # "val": a stream apart from the batch order's [seed, epoch]
-    for group in (np.flatnonzero(~anomalous), np.flatnonzero(anomalous)):
-        if len(group) < 2:
-            raise UserError(
-                f"--val-fraction needs at least 2 normal and 2 anomalous training videos (one of each held out, one "
-                f"kept); there are {int((~anomalous).sum())} normal and {int(anomalous.sum())} anomalous"
-            )
-        n = min(max(round(fraction * len(group)), 1), len(group) - 1)
-        held[rng.choice(group, n, replace=False)] = True
-    return held
-
-
 def video_scores(head, prompts, data: TrainSet, idx: np.ndarray, branch: str, batch: int = 64) -> np.ndarray:
     """Each video's largest snippet score (A-branch, or C-branch for "c"): validation is video-level because
     training videos carry only video labels."""
@@ -248,76 +124,10 @@ def video_scores(head, prompts, data: TrainSet, idx: np.ndarray, branch: str, ba
     return np.concatenate(scores).astype(np.float64)
 
 
-def chance_warning(class_losses: list[float]) -> str | None:
-    """The warning when L_class ended where a model that cannot tell the classes apart sits: ln 2 (on balanced
-    batches, predicting 0.5 everywhere scores exactly that). Judged on the mean of the last tenth of the steps."""
-    if not class_losses:
-        return None
-    tail = class_losses[-max(1, math.ceil(len(class_losses) / 10)) :]
-    mean = float(np.mean(tail))
-    if mean < CHANCE - CHANCE_MARGIN:
-        return None
-    return (
-        f"the classification loss is still at chance ({mean:.3f} over the last {len(tail)} of {len(class_losses)} "
-        f"steps; ln 2 = {CHANCE:.3f}): the model has not learned to tell anomalous from normal videos; train longer "
-        "(--steps) or check the training labels"
-    )
-
-
 def sibling(out: str | Path, tag: str, suffix: str | None = None) -> Path:
     """model.pt -> model.best.pt, model.loss.png: the files a run keeps beside its checkpoint."""
     out = Path(out)
     return out.with_name(f"{out.stem}.{tag}{out.suffix if suffix is None else suffix}")
-
-
-def plot_losses(path: Path, losses: dict[str, list[float]], alpha: float, beta: float,
-                val_steps: list[int], val_auc: list[float]) -> bool:  # fmt: skip
-    """Write the loss-curve PNG atomically; False when matplotlib is missing. Top: the weighted terms of the loss
-    on a log scale (the paper's L_const is ~20x the rest at first); bottom: L_class against ln 2, where a model
-    that has not learned sits, and the validation AUC."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
-    from .fileio import atomic_write_bytes
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(1, len(losses["loss"]) + 1)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.2), dpi=100, sharex=True)
-    terms = [("loss", 1.0, "black"), ("class", 1.0, "tab:orange"), ("align", alpha, "tab:blue"),
-             ("const", beta, "tab:green")]  # fmt: skip
-    for key, weight, color in terms:
-        values = weight * np.asarray(losses[key], np.float64)
-        if values.any():
-            name = key if key == "loss" else f"L_{key}" if weight == 1.0 else f"{weight:g} L_{key}"
-            top.plot(x, np.where(values > 0, values, np.nan), label=name, color=color, lw=1)
-    top.set_yscale("log")
-    top.set_ylabel("loss (log)")
-    top.legend(loc="upper right", fontsize=7)
-    if np.asarray(losses["class"]).any():
-        bottom.plot(x, losses["class"], color="tab:orange", lw=1, label="L_class")
-    bottom.axhline(CHANCE, color="gray", ls=":", lw=1, label="ln 2: chance")
-    bottom.set_ylabel("L_class")
-    bottom.set_ylim(bottom=0)
-    bottom.set_xlabel("optimizer step")
-    bottom.set_xlim(1, max(len(x), 2))
-    handles, labels = bottom.get_legend_handles_labels()
-    if val_steps:
-        right = bottom.twinx()
-        right.plot(val_steps, val_auc, "o-", color="tab:red", ms=3, lw=1, label="validation AUC (video-level)")
-        right.set_ylim(0, 1.02)
-        right.set_ylabel("validation AUC")
-        more = right.get_legend_handles_labels()
-        handles, labels = handles + more[0], labels + more[1]
-    bottom.legend(handles, labels, loc="lower left", fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return True
 
 
 @contextlib.contextmanager
