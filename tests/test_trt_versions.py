@@ -113,5 +113,5 @@ def test_stp_run_feeds_a_tensorrt_plan_uint8_crops_and_scores_as_the_graph_does(
         (_, pixels), (encoder, images) = calls[i], calls[i + 1]
         assert encoder == "model.fp16.onnx" and pixels["pixels"][1:] == (224, 224, 3)
         assert images["images"] == (pixels["pixels"][0], 3, 224, 224)
-    # only an alarm frame's localization crops (scale B, rare) still go as float32
-    assert len(calls) - 2 * len(pre) <= sum(e["type"] == "alarm" for e in events["model.plan"])
+    assert len(calls) == 2 * len(pre)  # localization's scale-B crops of alarm frames too
+    assert any(e["type"] == "alarm" for e in events["model.plan"])  # (there were some)

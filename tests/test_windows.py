@@ -58,3 +58,22 @@ def test_snippet_indices_drop_the_tail():
     assert snippet_frame_indices(50, 16).tolist() == [8, 24, 40]
     assert snippet_frame_indices(15, 16).tolist() == []
     assert snippet_frame_indices(8, 4).tolist() == [2, 6]
+
+
+@pytest.mark.parametrize("keep", [None, [0, 3, 10, 47, 48], []])
+def test_uint8_crops_normalise_to_the_float_batch_exactly(keep):
+    """Engines that normalise on their device get the same rows as uint8 BGR: the full frame, then the kept windows
+    (scale A; scale B for localization), which `normalize` turns into the float32 batch bit for bit."""
+    frame = np.random.default_rng(5).integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    small = windows.resize_frame(frame)
+    mask = None if keep is None else np.isin(np.arange(49), keep)
+    floats, pixels = np.empty((50, 3, 224, 224), np.float32), np.empty((50, 224, 224, 3), np.uint8)
+    rows = windows.fill_encoder_batch(small, floats, mask)
+    assert windows.fill_pixel_batch(small, pixels, mask) == rows == (50 if keep is None else 1 + len(keep))
+    assert np.array_equal(windows.normalize(pixels[:rows]).view(np.uint32), floats[:rows].view(np.uint32))
+    scale_b = windows.SCALE_B
+    b_float = np.empty((scale_b.count, 3, 224, 224), np.float32)
+    b_pixels = np.empty((scale_b.count, 224, 224, 3), np.uint8)
+    windows.fill_windows(small, scale_b, b_float)
+    assert windows.fill_pixel_windows(small, scale_b, b_pixels) == scale_b.count
+    assert np.array_equal(windows.normalize(b_pixels).view(np.uint32), b_float.view(np.uint32))

@@ -166,19 +166,27 @@ def fill_encoder_batch(frame224: np.ndarray, out: np.ndarray, mask: np.ndarray |
     return 1 + fill_windows(frame224, scale or scales(pre)[0], out[1:], mask, pre)
 
 
+def fill_pixel_windows(frame224: np.ndarray, scale: WindowScale, out: np.ndarray,
+                       mask: np.ndarray | None = None) -> int:  # fmt: skip
+    """`fill_windows` for engines that normalise on their device: the kept windows as uint8 BGR [kept, S, S, 3],
+    copied out of the resized mosaic, not normalised; returns the count."""
+    keep = np.ones(scale.count, bool) if mask is None else mask
+    rows = int(keep.sum())
+    if out.shape[0] < rows:
+        raise ValueError(f"out has {out.shape[0]} rows, the windows need {rows}")
+    if rows:
+        copy_tiles(window_tiles(frame224, scale), keep, out[:rows])
+    return rows
+
+
 def fill_pixel_batch(frame224: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None,
                      scale: WindowScale | None = None, pre: Preprocess = DEFAULT) -> int:  # fmt: skip
     """`fill_encoder_batch` for engines that normalise on their device: the same rows as uint8 BGR [rows, S, S, 3]
-    (the full frame, then the kept windows), copied out of the mosaic, not normalised; returns the row count."""
-    scale = scale or scales(pre)[0]
-    keep = np.ones(scale.count, bool) if mask is None else mask
-    rows = 1 + int(keep.sum())
-    if out.shape[0] < rows:
-        raise ValueError(f"out has {out.shape[0]} rows, the frame needs {rows}")
+    (the full frame, then the kept windows), not normalised; returns the row count."""
+    if out.shape[0] < 1:
+        raise ValueError("out has no row for the full frame")
     out[0] = frame224
-    if rows > 1:
-        copy_tiles(window_tiles(frame224, scale), keep, out[1:rows])
-    return rows
+    return 1 + fill_pixel_windows(frame224, scale or scales(pre)[0], out[1:], mask)
 
 
 def crops_per_frame(scale_b: bool = False, pre: Preprocess = DEFAULT) -> int:

@@ -381,10 +381,14 @@ class Detector:
 
     def _locate(self, s: Sampled) -> tuple[np.ndarray, np.ndarray]:
         """Scale-B windows of the snippet's frame, the fused heat map and its boxes (source pixels)."""
-        size = self.preprocess.size
+        size, n = self.preprocess.size, self.scale_b.count
         with self.clock("localization"):
-            crops_b = np.empty((self.scale_b.count, 3, size, size), np.float32)
-            windows.fill_windows(s.small, self.scale_b, crops_b, pre=self.preprocess)
+            if self._pixels:  # uint8 crops for a backend that normalises on its device, as the sampled frames'
+                crops_b = np.empty((n, size, size, 3), np.uint8)
+                windows.fill_pixel_windows(s.small, self.scale_b, crops_b)
+            else:
+                crops_b = np.empty((n, 3, size, size), np.float32)
+                windows.fill_windows(s.small, self.scale_b, crops_b, pre=self.preprocess)
         x_patch_b = self._encode_extra(crops_b)
         with self.clock("localization"):
             h, w = s.image.shape[:2]
@@ -400,6 +404,7 @@ class Detector:
         """Localization's scale-B crops: through `encoder_thread` when the Pipeline runs one (every encoder call on
         one thread, in order: backends such as TensorRT keep per-thread device state), else here."""
         self._count(len(crops))
+        encode = self.backend.encode_pixels if self._pixels else self.backend.encode
         if self.encoder_thread is not None:
-            return self.encoder_thread.call(self.backend.encode, crops)
-        return self.backend.encode(crops)
+            return self.encoder_thread.call(encode, crops)
+        return encode(crops)
