@@ -138,6 +138,8 @@ class TrtBackend(BackendBase):
             self._pre.write_into(PRE_OUTPUT, self._encoder, ENCODER_INPUT)
             self.input_format = "uint8"
         limit = self._encoder.max_shapes[ENCODER_INPUT][0]
+        if self._pre is not None:  # built with the same settings; a smaller profile (built apart) bounds the calls
+            limit = min(limit, self._pre.max_shapes[PRE_INPUT][0])
         self.max_batch = min(max_batch or limit, limit)  # larger calls are split at the profile's max, not refused
         self.max_window = self._head.max_shapes[X_CLIP][0]
 
