@@ -326,8 +326,7 @@ def render(result: dict[str, Any]) -> str:
 def _bench(args, manifest_path: Path, engine: Path | None, work: Path) -> dict[str, Any]:
     from ..bundle.manifest import load_manifest
     from .accuracy import gated_accuracy
-    from .machine import machine_stamp
-    from .turns import load_average
+    from .machine import load_average, machine_stamp
 
     manifest = load_manifest(manifest_path, verify=True)
     backends, skipped = choose_backends(args, manifest_path.parent, engine)

@@ -19,7 +19,6 @@ Reference latencies (ms per 50 crops, ViT-B/16 FP16) are in `REFERENCE_MS` with 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from ..runtime.pipeline import LIVE_LOOKAHEAD, Pipeline
 from ..runtime.sinks import JsonLinesSink
 from ..runtime.sources import VideoFileSource
 from ..runtime.stageclock import STAGES, StageClock
+from .machine import load_average
 from .stages import NO_ALARMS, EncoderClock, sampled_frame
 
 # ms per 50 crops (one sampled frame) of a ViT-B/16 image encoder in FP16: what `sim:MS` stands in for
@@ -46,11 +46,9 @@ CAPACITY_STREAMS, CAPACITY_FPS = 150, 25.0  # the capacity table's GPU server: 1
 
 
 def load_1min() -> float:
-    """The 1-minute load average (the machine is shared: every host figure carries it)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return -1.0
+    """The 1-minute load average (the machine is shared: every host figure carries it); -1 where there is none."""
+    loads = load_average()
+    return loads[0] if loads else -1.0
 
 
 def run_streams(backend, manifest, video: Path, streams: int, frames: int, events: Path | None = None,

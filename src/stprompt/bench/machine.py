@@ -6,40 +6,27 @@ number in this field (DEPLOY-NOTES.md). Nothing here imports torch unless it is 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
+import os
 import platform
 import shutil
 import subprocess
 from typing import Any
 
+from ..cpuinfo import cpu_flags, cpu_model
 from ..runtime.parallel import usable_cores  # cores this process may run on (affinity / cgroup CPU sets)
 
 _PACKAGES = ("stprompt", "numpy", "opencv-python-headless", "numba", "onnxruntime", "onnxruntime-gpu", "torch",
              "open_clip_torch", "tensorrt", "cuda-python", "openvino", "nncf")  # fmt: skip
-# the CPU features that decide which CPU engine wins (bf16 / INT8 matrix units, AVX-512, AVX2)
-_MATRIX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo, else platform.processor())."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """Which of the CPU's matrix and vector extensions (`_MATRIX_FLAGS`) it has, per Linux /proc/cpuinfo; [] where
-    that cannot be read: CPU engines differ by several times between a CPU with AMX and one without."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in _MATRIX_FLAGS if f in have]
-    return []
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (None where the OS has none): what else the machine was running."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def versions() -> dict[str, str]:

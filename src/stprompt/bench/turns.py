@@ -8,24 +8,16 @@ recorded beside them).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .machine import load_average
 from .timing import Timing
 
 BASELINE_NOTE = "naive loop: each crop resized and encoded alone, open_clip fp32"
-
-
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages (None where the OS has none): what else the machine was running."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def encode_in_turns(calls: dict[str, Callable[[], Any]], notes: dict[str, str], rounds: int, warmup: int,

@@ -45,6 +45,7 @@ from ..bundle.openvino_keys import (
     openvino_cache_key,
     weights_path,
 )
+from ..cpuinfo import cpu_flags
 from ..errors import UserError, first_line
 from .gates import gate_engine, require_gates
 
@@ -52,8 +53,6 @@ DEFAULT_FRAMES = 6  # calibration frames (50 crops each): 300 crops, NNCF's defa
 
 OPENVINO_MISSING = 'OpenVINO is not installed: pip install "stprompt[openvino]"'
 NNCF_MISSING = 'INT8 engines are quantized with NNCF, which is not installed: pip install "stprompt[openvino]"'
-# CPU features that decide how OpenVINO runs bf16 and INT8 (Linux /proc/cpuinfo names); part of the key
-ISA_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 BF16_GATE = 0.995  # bf16 keeps 8 mantissa bits (fp16: 11), so below the export's 0.999 fp16 gate
 INT8_GATE = 0.99  # the export's int8 gate (a bundle's own gates.encoder_int8 threshold wins)
 FP32_GATE = 0.999  # the export's fp32 encoder gate, for CPUs without bf16 (a bundle's own threshold wins)
@@ -139,13 +138,7 @@ def short_version(version: str) -> str:
 def cpu_target(core) -> dict[str, Any]:
     """What OpenVINO's CPU plugin can do here (its OPTIMIZATION_CAPABILITIES) and the ISA features behind it."""
     caps = sorted(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    flags: set[str] = set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return {"capabilities": caps, "isa": [f for f in ISA_FLAGS if f in flags]}
+    return {"capabilities": caps, "isa": cpu_flags()}
 
 
 def float_precision(cpu: dict[str, Any]) -> str:
