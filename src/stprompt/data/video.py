@@ -30,16 +30,17 @@ def open_capture(path: str | Path) -> cv2.VideoCapture:
 
 
 class SampledFrames:
-    """Iterate (native frame index, BGR frame) for frames k*stride + stride//2 of a video.
+    """Iterate (native frame index, BGR frame) for frames k*stride + offset (default stride//2) of a video.
 
     After iteration `n_frames` holds the number of decoded frames and `declared_frames` the count the container
     declares (None when it declares none); snippets whose `stride` frames are not all present (the tail) are the
     caller's to drop: see `stprompt.sampling.snippet_frame_indices`.
     """
 
-    def __init__(self, path: str | Path, stride: int):
+    def __init__(self, path: str | Path, stride: int, offset: int | None = None):
         self.path = Path(path)
         self.stride = stride
+        self.offset = offset  # None: stride // 2, the sampling every export records
         self.n_frames = 0
         self.declared_frames: int | None = None
         self.size: tuple[int, int] | None = None  # (width, height) of the decoded frames
@@ -57,7 +58,7 @@ class SampledFrames:
         try:
             index = 0
             while True:
-                if is_sampled(index, self.stride):
+                if is_sampled(index, self.stride, self.offset):
                     ok, frame = cap.read()
                     if not ok:
                         break

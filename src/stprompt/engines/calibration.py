@@ -8,7 +8,7 @@ scene, drawn with other seeds than the gate's (the gate never scores the crops t
 part of the calibration set: alone without footage, as many frames again beside it. Video frames are the bundle's
 sampled frames (stride, offset), spread evenly over the videos and cut into crops by the runtime's own preprocessing;
 every other chosen frame is held out and only gates ("footage" gate), never calibrates.
-Torch-free: numpy, cv2 and the runtime's window code.
+Torch-free: numpy, the offline verbs' video reader (`data.video`) and the runtime's window code.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .. import windows
 from ..bundle.hashing import sha256_file
 from ..bundle.preprocess import Preprocess
 from ..bundle.probe import PROBE_SEED, probe_frame
+from ..data.video import SampledFrames
 from ..errors import UserError
-from ..sampling import is_sampled
 from .openvino import DEFAULT_FRAMES
 
 BLANK_STD = 2.0  # grey levels: a sampled frame flatter than this shows nothing (lens cap, dead feed)
@@ -68,25 +67,16 @@ def probe_calibration(pre: Preprocess, frames: int = DEFAULT_FRAMES) -> Calibrat
 def sampled_smalls(video: Path, stride: int, offset: int, keep: int = KEEP_PER_VIDEO) -> list[np.ndarray]:
     """The bundle's sampled frames of `video`, resized to 224x224 (the runtime's first step), evenly thinned to at
     most `keep` so an hour of footage costs a bounded amount of memory."""
-    cap = cv2.VideoCapture(os.fspath(video))
-    if not cap.isOpened():
-        cap.release()
-        raise UserError(f"--calibrate {video}: OpenCV cannot open it as a video")
     smalls: list[np.ndarray] = []
-    step, index, seen = 1, 0, 0
+    step = 1
     try:
-        while cap.grab():
-            if is_sampled(index, stride, offset):
-                if seen % step == 0:
-                    ok, image = cap.retrieve()
-                    if ok and image is not None:
-                        smalls.append(windows.resize_frame(image))
-                    if len(smalls) > keep:
-                        smalls, step = smalls[::2], step * 2
-                seen += 1
-            index += 1
-    finally:
-        cap.release()
+        for seen, (_, image) in enumerate(SampledFrames(video, stride, offset)):
+            if seen % step == 0:
+                smalls.append(windows.resize_frame(image))
+                if len(smalls) > keep:
+                    smalls, step = smalls[::2], step * 2
+    except UserError as err:  # SampledFrames' "cannot open video ...", said of the flag that named it
+        raise UserError(f"--calibrate {video}: {err}") from None
     return smalls
 
 
