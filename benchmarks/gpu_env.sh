@@ -1,6 +1,7 @@
 # Sourced by benchmarks/gpu_check.sh and gpu_host_check.sh (SCRIPT = the caller's name, for its messages): the
 # environment both need on the lent GPU machine. open_clip from the carried .whl/ folder when the machine has none
-# (see gpu_check.sh's header), then this tree's package on PYTHONPATH, no install needed.
+# (see gpu_check.sh's header), then this tree's package on PYTHONPATH, no install needed; exit 2 where PyTorch sees
+# no GPU, else GPU = the GPU's name as a file-name word (for the result files).
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
 
@@ -15,3 +16,10 @@ if ! "$PY" -c "import open_clip" 2>/dev/null; then
     fi
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+
+if ! command -v nvidia-smi >/dev/null || ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    echo "$SCRIPT: no NVIDIA GPU visible to PyTorch here" >&2
+    exit 2
+fi
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
+export GPU
