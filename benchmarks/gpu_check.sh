@@ -21,8 +21,6 @@
 # and pass carry=[".whl"] to the device call: this script installs them into /tmp/site when open_clip is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RESULTS=${1:-benchmarks/results}
-mkdir -p "$RESULTS"
 SCRIPT=gpu_check
 # shellcheck source=benchmarks/gpu_env.sh
 . benchmarks/gpu_env.sh

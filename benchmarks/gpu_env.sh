@@ -1,8 +1,11 @@
 # Sourced by benchmarks/gpu_check.sh and gpu_host_check.sh (SCRIPT = the caller's name, for its messages): the
 # environment both need on the lent GPU machine. open_clip from the carried .whl/ folder when the machine has none
-# (see gpu_check.sh's header), then this tree's package on PYTHONPATH, no install needed; exit 2 where PyTorch sees
-# no GPU, else GPU = the GPU's name as a file-name word (for the result files).
+# (see gpu_check.sh's header), then this tree's package on PYTHONPATH, no install needed. Sets RESULTS (the caller's
+# first argument, default benchmarks/results) and GPU (the GPU's name as a file-name word); exits 2 where PyTorch
+# sees no GPU.
 PY=${PYTHON:-python3}
+RESULTS=${1:-benchmarks/results}  # the caller's first argument
+mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
 
 if ! "$PY" -c "import open_clip" 2>/dev/null; then

@@ -13,8 +13,6 @@
 # benchmarks/gpu_check.sh needs (open_clip from .whl/ where the machine has none; see its header).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RESULTS=${1:-benchmarks/results}
-mkdir -p "$RESULTS"
 SCRIPT=gpu_host_check
 # shellcheck source=benchmarks/gpu_env.sh
 . benchmarks/gpu_env.sh
