@@ -209,9 +209,12 @@ def test_stp_run_check_holds_an_openvino_engine_to_its_own_gate(ov_bundle, clip_
 
 
 def test_backend_names_its_settings_and_splits_calls_over_requests(ov_bundle):
+    from stprompt.runtime.api import default_max_batch
+
     backend, _ = open_backend(ov_bundle.with_name("model.xml"), max_batch=3)
     reference, _ = open_backend(ov_bundle.with_name("model.onnx"))
     try:
+        assert default_max_batch(backend) == 50  # a CPU encoder: one sampled frame per call, as ONNX Runtime's
         assert backend.name.startswith("openvino[CPU,") and "throughput" in backend.name  # stp-build's default
         images = probe_batch(1)[::7]  # 8 distinct crops: a reordering would show
         expected = reference.encode(images)

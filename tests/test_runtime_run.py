@@ -334,9 +334,12 @@ def test_the_cpu_encoder_gets_one_sampled_frame_per_call(chain):
     detector = open_detector(str(chain["stem"]) + ".onnx")
     per_frame = windows.crops_per_frame(pre=detector.preprocess)
     assert detector.max_batch == per_frame == default_max_batch(detector.backend)
-    for name in ("tensorrt", "onnxruntime[CUDAExecutionProvider,CPUExecutionProvider]", "torch-cuda-fp16"):
-        assert default_max_batch(SimpleNamespace(name=name, preprocess=detector.preprocess)) == MAX_BATCH
-    assert default_max_batch(SimpleNamespace(name="torch-cpu-fp32", preprocess=detector.preprocess)) == per_frame
+    assert detector.backend.host_encoder  # ONNX Runtime on the CPU provider
+    for device_encoder in ("tensorrt", "onnxruntime[CUDAExecutionProvider,CPUExecutionProvider]", "torch-cuda-fp16"):
+        backend = SimpleNamespace(name=device_encoder, host_encoder=False, preprocess=detector.preprocess)
+        assert default_max_batch(backend) == MAX_BATCH
+    backend = SimpleNamespace(name="torch-cpu-fp32", host_encoder=True, preprocess=detector.preprocess)
+    assert default_max_batch(backend) == per_frame
 
 
 def test_summary_lines_for_one_and_several_sources():

@@ -50,15 +50,15 @@ MAX_BATCH = 256
 
 
 def default_max_batch(backend) -> int:
-    """Crops per encoder call when none is given: one sampled frame's on the host CPU (ONNX Runtime's CPU provider,
-    PyTorch on cpu), MAX_BATCH elsewhere. On a CPU a larger call gains nothing measurable (stp-tiny under ONNX
-    Runtime: 200-250 crops/s at 50 to 250 crops a call) and costs peak memory in proportion: the encoder's
-    activations (about 1.7 MB a crop for stp-tiny) and the float32 input (0.6 MB a crop). At 256 a stp-run on a
-    file peaked at 1.05 GB, at one frame (50 crops) at about 0.43 GB (README: memory table)."""
+    """Crops per encoder call when none is given: one sampled frame's where the encoder runs on the host CPU
+    (`host_encoder`: ONNX Runtime's CPU provider, PyTorch on cpu, OpenVINO), MAX_BATCH elsewhere. On a CPU a larger
+    call gains nothing measurable (stp-tiny under ONNX Runtime: 200-250 crops/s at 50 to 250 crops a call) and costs
+    peak memory in proportion: the encoder's activations (about 1.7 MB a crop for stp-tiny) and the float32 input
+    (0.6 MB a crop). At 256 a stp-run on a file peaked at 1.05 GB, at one frame (50 crops) at about 0.43 GB (README:
+    memory table)."""
     from .. import windows
 
-    name = str(getattr(backend, "name", ""))
-    if name == "onnxruntime[CPUExecutionProvider]" or name.startswith("torch-cpu"):
+    if getattr(backend, "host_encoder", False):
         return windows.crops_per_frame(pre=backend.preprocess)
     return MAX_BATCH
 

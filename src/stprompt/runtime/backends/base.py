@@ -39,6 +39,7 @@ class Backend(Protocol):
     max_window: int | None  # largest T head() takes (TensorRT profile max); None = unlimited
     gpu_preprocessing: bool  # True: the Detector hands over uint8 frames (encode_frames), not float crops
     input_format: str  # "float32": normalised crops (encode); "uint8": raw BGR crops, normalised on the device
+    host_encoder: bool  # the encoder runs on this machine's CPU (larger calls only cost memory there)
     preprocess: Preprocess  # the bundle's preprocessing (size, mean / std, windows)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -77,6 +78,7 @@ class BackendBase:
     max_window: int | None = None
     gpu_preprocessing: bool = False
     input_format: str = "float32"
+    host_encoder: bool = False
     preprocess: Preprocess = DEFAULT
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:

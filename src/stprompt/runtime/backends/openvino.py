@@ -69,6 +69,7 @@ class OpenVinoBackend(BackendBase):
         self.manifest, self.path, self.dim, self.max_batch = manifest, xml, manifest.dim, max_batch
         self.preprocess = manifest.preprocess
         self.precision, self.hint = record["precision"], record["hint"]
+        self.host_encoder = True
         self.name = f"openvino[CPU,{self.precision},{self.hint},{len(self._infer_requests)} requests]"
         self._heads = OrtHeads(manifest, [CPU])
         self._lock = threading.Lock()  # one request set: calls from several threads take turns

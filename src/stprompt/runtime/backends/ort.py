@@ -33,6 +33,7 @@ class OrtBackend(BackendBase):
             )
         self._heads = OrtHeads(manifest, self.providers)
         self.name = f"onnxruntime[{','.join(active)}]"
+        self.host_encoder = active[0] == CPU
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         return run_encoder(self._encoder, images, batch=len(images))

@@ -79,6 +79,7 @@ class TorchBackend(BackendBase):
         self.max_window: int | None = None
         self.name = f"torch-{device}-{precision}"
         self.device, self.precision = device, precision
+        self.host_encoder = device == "cpu"
         self.gpu_preprocessing = device == "cuda"  # the Detector then hands over uint8 frames (encode_frames)
         if device == "cuda":
             from ...clip.cuda_encoder import CudaImageEncoder
