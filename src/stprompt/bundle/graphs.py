@@ -19,6 +19,12 @@ X_CLIP, X_PATCH, X_AS = "x_clip", "x_patch", "x_as"
 HEAD_INPUTS = (X_CLIP, X_PATCH)  # x_clip [T, D], x_patch [T, 49, D]
 HEAD_FEATURES_INPUTS = (X_CLIP, X_AS)  # the head after SA2: x_clip [T, D], x_as [T, D]
 HEAD_OUTPUTS = ("score", "score_c", "probs")  # [T], [T], [T, 1 + C]
+# the head in snippet-wise stages, for streams that compute each snippet's layer outputs once
+# (runtime.incremental): adapter layer i after its band attention, and both branches after the last layer
+LAYER_INPUT, LAYER_OUTPUT = "attended", "layer_out"  # [N, D] -> [N, D], N rows (snippets) of any positions
+X_ADAPTED = "x_adapted"  # the last adapter layer's output (x_clip + x_as when the head has no adapter)
+HEAD_LAYER_INPUTS, HEAD_LAYER_OUTPUTS = (LAYER_INPUT,), (LAYER_OUTPUT,)
+HEAD_SCORES_INPUTS = (X_CLIP, X_ADAPTED)  # [N, D], [N, D] -> HEAD_OUTPUTS for those N snippets
 
 # the inputs of each graph role (the manifest's `files` roles)
 ROLE_INPUTS = {
@@ -28,7 +34,15 @@ ROLE_INPUTS = {
     "encoder_pre": (PRE_INPUT,),
     "head": HEAD_INPUTS,
     "head_features": HEAD_FEATURES_INPUTS,
+    "head_scores": HEAD_SCORES_INPUTS,
 }
+
+
+
+def head_layer_role(index: int) -> str:
+    """The manifest role of adapter layer `index`'s snippet-wise graph (head_layer0, head_layer1, ...)."""
+    return f"head_layer{index}"
+
 
 # ONNX op types the fp16 encoder keeps in fp32 (ViT LayerNorm / softmax overflow in fp16); TensorRT fp16 builds
 # pin the same families. Part of the bundle format: the manifest records it under precision.fp32_ops.

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import atomic_write_json, read_json
+from .graphs import head_layer_role
 from .hashing import sha256_file
 from .preprocess import Preprocess
 
@@ -28,8 +29,19 @@ ROLE_SUFFIXES = {
     "encoder_pre": ".pre.onnx",  # uint8 BGR crops -> the encoder's normalised input, run on the device (GPU engines)
     "head": ".head.onnx",  # temporal head, T dynamic, prompts baked in
     "head_features": ".head_as.onnx",  # the same head after SA2: x_clip, x_as (the runtime's streaming path)
+    "head_scores": ".head_scores.onnx",  # both branches after the adapter, snippet-wise (runtime.incremental)
     "queries": ".queries.npz",  # localization query embeddings
 }
+# adapter layer i's snippet-wise graph (role head_layer{i}, bundle.graphs.head_layer_role): model.head_l{i}.onnx
+HEAD_LAYER_SUFFIX = ".head_l{}.onnx"
+
+
+def role_suffix(role: str) -> str:
+    """The file name suffix of a bundle file role (the numbered head_layer{i} roles included)."""
+    if role.startswith("head_layer") and role[len("head_layer"):].isdigit():
+        return HEAD_LAYER_SUFFIX.format(int(role[len("head_layer"):]))
+    return ROLE_SUFFIXES[role]
+
 REQUIRED_ROLES = ("encoder", "head", "queries")
 # engines built on the target: TensorRT plans, OpenVINO IR (each .xml with its .bin; see bundle.openvino_keys)
 ENGINE_SUFFIXES = {"encoder": ".plan", "encoder_pre": ".pre.plan", "head": ".head.plan",
@@ -110,6 +122,9 @@ class HeadSettings:
     radius: int  # the distance attention's band radius R
     topk_windows: int  # SA2's K
     use_sa2: bool
+    sigma: float = 1.0  # the distance attention's temperature
+    adapter_layers: int = 2  # distance-adapter layers (0: temporal "none"; self-attention variants: not banded)
+    banded: bool = True  # every layer is the distance band (or there is none): the head streams layer by layer
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> HeadSettings:
@@ -120,6 +135,9 @@ class HeadSettings:
             radius=int(doc.get("radius", 0)),
             topk_windows=int(doc.get("topk_windows", 12)),
             use_sa2=bool(doc.get("use_sa2", True)),
+            sigma=float(doc.get("sigma", 1.0)),
+            adapter_layers=0 if doc.get("temporal") == "none" else int(doc.get("layers", 2)),
+            banded=doc.get("temporal", "distance") in ("none", "distance"),
         )
 
 
@@ -190,6 +208,15 @@ class Manifest:
     def streams_sa2_kernel(self) -> bool:
         """True when the runtime runs SA2 as a kernel and feeds the head after SA2 (x_clip, x_as)."""
         return self.has("head_features") and self.head_settings.use_sa2
+
+    @property
+    def has_head_stages(self) -> bool:
+        """True when the bundle has the head's snippet-wise graphs (every adapter layer and the scores) and the
+        head is banded after SA2: the runtime then computes each snippet's layer outputs once
+        (runtime.incremental) instead of re-running the head over a window for every snippet."""
+        settings = self.head_settings
+        roles = ["head_scores", *(head_layer_role(i) for i in range(settings.adapter_layers))]
+        return self.streams_sa2_kernel and settings.banded and all(self.has(r) for r in roles)
 
     @property
     def precision(self) -> dict[str, Any]:

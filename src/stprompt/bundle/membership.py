@@ -8,11 +8,12 @@ files having been hash-verified on load) or when its sha256 equals a recorded on
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..errors import UserError
 from .hashing import sha256_file
-from .manifest import ENGINE_SUFFIXES, ROLE_SUFFIXES, Manifest, manifest_path
+from .manifest import ENGINE_SUFFIXES, HEAD_LAYER_SUFFIX, ROLE_SUFFIXES, Manifest, manifest_path
 
 ONNX_SUFFIXES = (".onnx",)
 TRT_SUFFIXES = (".plan", ".engine")
@@ -26,6 +27,7 @@ _STEM_SUFFIXES = tuple(
         reverse=True,
     )
 )
+_HEAD_LAYER_NAME = re.compile(r"(.+)" + re.escape(HEAD_LAYER_SUFFIX).replace(r"\{\}", r"\d+") + "$")
 
 
 def bundle_manifest_for(engine: str | os.PathLike) -> Path:
@@ -34,6 +36,9 @@ def bundle_manifest_for(engine: str | os.PathLike) -> Path:
     p = Path(engine)
     if p.suffix == ".json":
         return p
+    layer = _HEAD_LAYER_NAME.fullmatch(p.name)  # out/model.head_l0.onnx (numbered: one per adapter layer)
+    if layer:
+        return manifest_path(p.with_name(layer.group(1)))
     for suffix in _STEM_SUFFIXES:
         if p.name.endswith(suffix) and len(p.name) > len(suffix):
             return manifest_path(p.with_name(p.name[: -len(suffix)]))

@@ -13,7 +13,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError, first_line
-from .graphs import ENCODER_INPUT, ENCODER_OUTPUT, HEAD_OUTPUTS, X_CLIP, X_PATCH
+from .graphs import (
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    HEAD_OUTPUTS,
+    LAYER_INPUT,
+    LAYER_OUTPUT,
+    X_ADAPTED,
+    X_CLIP,
+    X_PATCH,
+    head_layer_role,
+)
 
 CPU = "CPUExecutionProvider"
 PROVIDER_ALIASES = {
@@ -83,3 +93,29 @@ def run_head(session, x_clip: np.ndarray, second: np.ndarray, second_name: str =
     feeds = {X_CLIP: np.ascontiguousarray(x_clip, np.float32), second_name: np.ascontiguousarray(second, np.float32)}
     outs = session.run(list(HEAD_OUTPUTS), feeds)
     return dict(zip(HEAD_OUTPUTS, outs, strict=True))
+
+
+class OrtHeadStages:
+    """The head's snippet-wise graphs (runtime.incremental.HeadStages) on ONNX Runtime: one session per adapter
+    layer (`layer_paths`, in order) and one for the scores."""
+
+    def __init__(self, layer_paths: Sequence[str | os.PathLike], scores_path: str | os.PathLike,
+                 providers: Sequence[str] | None = None, threads: int = 1):  # fmt: skip
+        self.layers = len(layer_paths)
+        self._layers = [ort_session(p, providers, threads=threads) for p in layer_paths]
+        self._scores = ort_session(scores_path, providers, threads=threads)
+
+    @classmethod
+    def of(cls, manifest, providers: Sequence[str] | None = None, threads: int = 1) -> OrtHeadStages:
+        """The stages of a bundle whose manifest lists them (`Manifest.has_head_stages`)."""
+        layers = [manifest.file(head_layer_role(i)) for i in range(manifest.head_settings.adapter_layers)]
+        return cls(layers, manifest.file("head_scores"), providers, threads)
+
+    def layer(self, index: int, attended: np.ndarray) -> np.ndarray:
+        return self._layers[index].run([LAYER_OUTPUT], {LAYER_INPUT: np.ascontiguousarray(attended, np.float32)})[0]
+
+    def scores(self, x_clip: np.ndarray, x_adapted: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {X_CLIP: np.ascontiguousarray(x_clip, np.float32),
+                 X_ADAPTED: np.ascontiguousarray(x_adapted, np.float32)}  # fmt: skip
+        outs = self._scores.run(list(HEAD_OUTPUTS), feeds)
+        return {name: np.asarray(out, np.float32) for name, out in zip(HEAD_OUTPUTS, outs, strict=True)}

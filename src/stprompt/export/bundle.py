@@ -22,12 +22,13 @@ import numpy as np
 from .. import __version__
 from ..bundle import gates as gate_mod
 from ..bundle.engine_keys import BuildSettings
-from ..bundle.graphs import HEAD_FEATURES_INPUTS, HEAD_INPUTS, HEAD_OUTPUTS, X_AS, X_PATCH
+from ..bundle.graphs import HEAD_FEATURES_INPUTS, HEAD_INPUTS, HEAD_OUTPUTS, X_AS, X_PATCH, head_layer_role
 from ..bundle.hashing import file_entry
-from ..bundle.manifest import FORMAT, ROLE_SUFFIXES, manifest_path, write_manifest
+from ..bundle.manifest import FORMAT, manifest_path, role_suffix, write_manifest
 from ..bundle.ort import ort_session, run_head
 from ..bundle.preprocess import Preprocess
 from ..errors import UserError
+from ..model.config import BANDED_TEMPORAL
 from .options import ExportOptions, default_thresholds, resolve_stem
 from .pre_graph import write_pre_graph
 from .trt_ops import check_graph
@@ -75,7 +76,7 @@ class Staging:
         return self.paths[role]
 
     def final(self, role: str) -> Path:
-        return self.stem.with_name(self.stem.name + ROLE_SUFFIXES[role])
+        return self.stem.with_name(self.stem.name + role_suffix(role))
 
     def commit(self) -> dict[str, Path]:
         manifest_path(self.stem).unlink(missing_ok=True)  # never leave an old manifest beside new files
@@ -111,7 +112,7 @@ def _write_queries(path: Path, queries) -> None:
 
 def write_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions) -> dict[str, float]:
     """The ONNX graphs of the bundle under their staging names, each through onnx's checker; returns timings."""
-    from .onnx_graphs import export_encoder, export_head
+    from .onnx_graphs import export_encoder, export_head, export_head_stages
     from .precision import convert_fp16, quantize_int8
 
     timings: dict[str, float] = {}
@@ -124,6 +125,11 @@ def write_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions)
     _check_onnx(stage.paths["head"])
     export_head(head, prompts, stage.path("head_features"), after_sa2=True)
     _check_onnx(stage.paths["head_features"])
+    if head.cfg.temporal in BANDED_TEMPORAL:  # streams compute each snippet's rows once (runtime.incremental)
+        layers = [stage.path(head_layer_role(i)) for i in range(len(head.adapter))]
+        export_head_stages(head, prompts, layers, stage.path("head_scores"))
+        for path in (*layers, stage.paths["head_scores"]):
+            _check_onnx(path)
     timings["head_onnx"] = time.perf_counter() - t
     if opts.precision == "fp16":
         t = time.perf_counter()
@@ -179,7 +185,27 @@ def gate_graphs(stage: Staging, clip_model, head, prompts, opts: ExportOptions, 
         x_as = head.aggregate(torch.from_numpy(x_patch)[None].reshape(1, len(x_patch), 7, 7, -1))[0].numpy()
         outs.append(run_head(session, x_clip, x_as, X_AS))
     gates["head_features_fp32"] = gate_mod.head_gate(outs, refs, lengths, opts.head_gate)
+    if "head_scores" in stage.paths:
+        gates["head_stages_fp32"] = gate_mod.head_gate(stages_outputs(stage, head, inputs), refs, lengths,
+                                                       opts.head_gate)  # fmt: skip
     return gates
+
+
+def stages_outputs(stage: Staging, head, inputs: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The snippet-wise graphs over each gate input, layer by layer with the runtime's band attention."""
+    import torch
+
+    from ..bundle.ort import OrtHeadStages
+    from ..runtime.incremental import band_kernel, score_by_stages
+
+    stages = OrtHeadStages([stage.paths[head_layer_role(i)] for i in range(len(head.adapter))],
+                           stage.paths["head_scores"])  # fmt: skip
+    kernel = band_kernel(head.cfg.sigma, head.cfg.radius)
+    outs = []
+    for x_clip, x_patch in inputs:
+        x_as = head.aggregate(torch.from_numpy(x_patch)[None].reshape(1, len(x_patch), 7, 7, -1))[0].numpy()
+        outs.append(score_by_stages(stages, x_clip, x_as, kernel))
+    return outs
 
 
 def manifest_doc(ckpt, clip, queries, opts: ExportOptions, pre: Preprocess, settings: BuildSettings,

@@ -19,7 +19,16 @@ import warnings
 import torch
 from torch import nn
 
-from ..bundle.graphs import ENCODER_INPUTS, ENCODER_OUTPUTS, HEAD_FEATURES_INPUTS, HEAD_INPUTS, HEAD_OUTPUTS
+from ..bundle.graphs import (
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    HEAD_FEATURES_INPUTS,
+    HEAD_INPUTS,
+    HEAD_LAYER_INPUTS,
+    HEAD_LAYER_OUTPUTS,
+    HEAD_OUTPUTS,
+    HEAD_SCORES_INPUTS,
+)
 from ..model.head import STPromptHead
 
 ENCODER_OPSET = 17
@@ -66,6 +75,29 @@ class HeadFeaturesGraph(HeadGraph):
     def forward(self, x_clip: torch.Tensor, x_as: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xc, xa = x_clip.unsqueeze(0), x_as.unsqueeze(0)
         out = self.head.forward_features(xc, xa, torch.ones_like(xc[..., 0]), self.prompts)
+        return out.score[0], out.score_c[0], out.probs[0]
+
+
+class HeadLayerGraph(nn.Module):
+    """Adapter layer i after its band attention, snippet by snippet: attended [N, D] -> layer_out [N, D].
+
+    `AdapterLayer.forward` is `pointwise(attend(x))`; the attention has no parameters (a fixed band over the
+    layer's input), so a stream computes it itself and runs only this graph on the rows it needs."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer.eval()
+
+    def forward(self, attended: torch.Tensor) -> torch.Tensor:
+        return self.layer.pointwise(attended)
+
+
+class HeadScoresGraph(HeadGraph):
+    """Both branches from the last adapter layer's output: x_clip [N, D], x_adapted [N, D] -> score [N],
+    score_c [N], probs [N, 1+C] (`STPromptHead.outputs`, the code path of `forward_features`)."""
+
+    def forward(self, x_clip: torch.Tensor, x_adapted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.head.outputs(x_clip.unsqueeze(0), x_adapted.unsqueeze(0), self.prompts)
         return out.score[0], out.score_c[0], out.probs[0]
 
 
@@ -123,3 +155,28 @@ def export_head(head: STPromptHead, prompts: torch.Tensor, path: str | os.PathLi
             verbose=False,
         )
         program.save(os.fspath(path))
+
+
+def _export_rows(graph: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...],
+                 outputs: tuple[str, ...], path: str | os.PathLike) -> None:  # fmt: skip
+    """A snippet-wise graph: every input and output has the rows dimension N first (the only dynamic one).
+    The TorchScript exporter keeps N symbolic here: nothing is built from a shape (no kernel, no arange)."""
+    rows = {name: {0: "N"} for name in (*names, *outputs)}
+    with torch.no_grad(), _quiet_export():
+        torch.onnx.export(graph.eval().float().cpu(), example, os.fspath(path), input_names=list(names),
+                          output_names=list(outputs), dynamic_axes=rows, opset_version=ENCODER_OPSET,
+                          do_constant_folding=True, dynamo=False)  # fmt: skip
+
+
+def export_head_stages(head: STPromptHead, prompts: torch.Tensor, layer_paths: list[str | os.PathLike],
+                       scores_path: str | os.PathLike) -> None:  # fmt: skip
+    """Write the head's snippet-wise graphs: one per adapter layer (`layer_paths`, in order) and the scores."""
+    if len(layer_paths) != len(head.adapter):
+        raise ValueError(f"{len(layer_paths)} layer paths for {len(head.adapter)} adapter layers")
+    gen = torch.Generator().manual_seed(0)
+    d = head.cfg.dim
+    for layer, path in zip(head.adapter, layer_paths, strict=True):
+        example = (torch.randn(_EXAMPLE_T, d, generator=gen),)
+        _export_rows(HeadLayerGraph(layer), example, HEAD_LAYER_INPUTS, HEAD_LAYER_OUTPUTS, path)
+    example = (torch.randn(_EXAMPLE_T, d, generator=gen), torch.randn(_EXAMPLE_T, d, generator=gen))
+    _export_rows(HeadScoresGraph(head, prompts), example, HEAD_SCORES_INPUTS, HEAD_OUTPUTS, scores_path)

@@ -48,7 +48,12 @@ class AdapterLayer(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x_tm = self.ln1(self.attend(x, mask))
+        return self.pointwise(self.attend(x, mask))
+
+    def pointwise(self, attended: torch.Tensor) -> torch.Tensor:
+        """Everything after the attention, snippet by snippet: a streaming head computes each snippet's layer
+        output once (runtime.incremental) by running this on the attended rows it needs."""
+        x_tm = self.ln1(attended)
         return self.ln2(self.ffn(x_tm) + x_tm)
 
 

@@ -48,6 +48,10 @@ class STPromptHead(nn.Module):
         x = x_clip + x_as
         for layer in self.adapter:
             x = layer(x, mask)
+        return self.outputs(x_clip, x, prompts)
+
+    def outputs(self, x_clip: torch.Tensor, x: torch.Tensor, prompts: torch.Tensor) -> HeadOutput:
+        """Both branches from the adapter's output x (snippet by snippet, like `AdapterLayer.pointwise`)."""
         score_c = torch.sigmoid(self.c_branch(x)).squeeze(-1)
         visual = nn.functional.normalize(x_clip + x, dim=-1)
         text = nn.functional.normalize(prompts, dim=-1)

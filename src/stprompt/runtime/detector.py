@@ -34,6 +34,7 @@ from . import events as ev
 from .backends.base import EncoderUnavailable
 from .frames import Frame
 from .gating import REFRESH_DEFAULT, WindowGate
+from .incremental import IncrementalFeatureHead
 from .parallel import EncoderThread, parallel_map
 from .stageclock import NO_CLOCK, StageClock
 from .stream import SnippetResult, StreamingFeatureHead, StreamingHead
@@ -127,6 +128,7 @@ class Detector:
         gate_refresh: int = REFRESH_DEFAULT,
         on_snippet: Callable[[Snippet], None] | None = None,
         window_workers: int | None = None,
+        incremental_head: bool = True,
     ):
         self.backend = backend
         self.manifest = manifest
@@ -139,6 +141,9 @@ class Detector:
         # SA2 as a Numba kernel feeding the head after SA2 (x_clip, x_AS: 49x less head input) when the bundle
         # has that graph; older bundles run SA2 inside the head graph on x_patch windows
         self.sa2_kernel = manifest.streams_sa2_kernel
+        # each snippet's adapter rows computed once (runtime.incremental) where the bundle has the snippet-wise
+        # graphs and the backend runs heads on the host; else the head over a window per snippet
+        self.head_stages = getattr(backend, "head_stages", None) if incremental_head else None
         self.lookahead = self.context if lookahead is None else int(lookahead)
         self.lookahead_per_source = {sid: int(v) for sid, v in (lookahead_per_source or {}).items()}
         if self.lookahead < 0 or any(v < 0 for v in self.lookahead_per_source.values()):
@@ -255,8 +260,14 @@ class Detector:
 
     def _state(self, sid: str) -> StreamState:
         if sid not in self.streams:
-            if self.sa2_kernel:
-                k = self.head_settings.topk_windows
+            settings = self.head_settings
+            if self.sa2_kernel and self.head_stages is not None:
+                head = IncrementalFeatureHead(
+                    self.head_stages, self.backend.dim, self.context - 1, self.lookahead_for(sid), sa2_step,
+                    settings.topk_windows, settings.sigma, settings.radius,
+                )
+            elif self.sa2_kernel:
+                k = settings.topk_windows
                 head = StreamingFeatureHead(
                     self.backend.head_features, self.backend.dim, self.context - 1, self.lookahead_for(sid), sa2_step, k
                 )

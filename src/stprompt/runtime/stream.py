@@ -29,7 +29,7 @@ class SnippetResult:
 class StreamingHead:
     def __init__(
         self,
-        head: HeadFn,
+        head: HeadFn | None,
         dim: int,
         context: int,
         lookahead: int,
@@ -103,8 +103,9 @@ class StreamingFeatureHead(StreamingHead):
     (HeadConfig.exact_lookahead - HeadConfig.motion_lookahead in every case).
     """
 
-    def __init__(self, head: HeadFn, dim: int, context: int, lookahead: int, sa2_step, k: int, spatial: str = "sa2"):
-        super().__init__(head, dim, context, lookahead, second_shape=(dim,))
+    def __init__(self, head: HeadFn | None, dim: int, context: int, lookahead: int, sa2_step, k: int,
+                 spatial: str = "sa2", capacity: int | None = None):  # fmt: skip
+        super().__init__(head, dim, context, lookahead, capacity=capacity, second_shape=(dim,))
         self.sa2_step = sa2_step if spatial == "sa2" else functools.partial(sa2_step, spatial=spatial)
         self.k = k
         self.prev_patch: np.ndarray | None = None  # x_patch of the snippet before the newest

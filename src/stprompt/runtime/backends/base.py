@@ -41,6 +41,7 @@ class Backend(Protocol):
     input_format: str  # "float32": normalised crops (encode); "uint8": raw BGR crops, normalised on the device
     host_encoder: bool  # the encoder runs on this machine's CPU (larger calls only cost memory there)
     preprocess: Preprocess  # the bundle's preprocessing (size, mean / std, windows)
+    head_stages: Any  # runtime.incremental.HeadStages: the head snippet by snippet on the host, or None
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """[N, 3, 224, 224] float32 (CLIP-normalised) -> [N, D] float32."""
@@ -80,6 +81,7 @@ class BackendBase:
     input_format: str = "float32"
     host_encoder: bool = False
     preprocess: Preprocess = DEFAULT
+    head_stages: Any = None  # the bundle's snippet-wise head graphs, where the backend runs heads on the host
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError

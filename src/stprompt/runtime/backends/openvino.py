@@ -72,6 +72,7 @@ class OpenVinoBackend(BackendBase):
         self.host_encoder = True
         self.name = f"openvino[CPU,{self.precision},{self.hint},{len(self._infer_requests)} requests]"
         self._heads = OrtHeads(manifest, [CPU])
+        self.head_stages = self._heads.stages
         self._lock = threading.Lock()  # one request set: calls from several threads take turns
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:

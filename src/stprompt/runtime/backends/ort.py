@@ -9,7 +9,7 @@ import numpy as np
 
 from ...bundle.graphs import X_AS, X_PATCH
 from ...bundle.manifest import Manifest
-from ...bundle.ort import CPU, ort_session, require_ort, resolve_providers, run_encoder, run_head
+from ...bundle.ort import CPU, OrtHeadStages, ort_session, require_ort, resolve_providers, run_encoder, run_head
 from ...errors import UserError
 from .base import BackendBase, as_float32, check_features_inputs, check_head_inputs
 
@@ -32,6 +32,7 @@ class OrtBackend(BackendBase):
                 f"{', '.join(active)} (missing CUDA / cuDNN / TensorRT libraries?)"
             )
         self._heads = OrtHeads(manifest, self.providers)
+        self.head_stages = self._heads.stages
         self.name = f"onnxruntime[{','.join(active)}]"
         self.host_encoder = active[0] == CPU
 
@@ -69,6 +70,7 @@ class OrtHeads:
             ort_session(manifest.file("head_features"), head_providers, threads=threads)
             if manifest.has("head_features") else None
         )  # fmt: skip
+        self.stages = OrtHeadStages.of(manifest, head_providers, threads) if manifest.has_head_stages else None
 
     def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
         x_clip, x_patch = check_head_inputs(x_clip, x_patch, self.dim)
@@ -81,4 +83,5 @@ class OrtHeads:
         return as_float32(run_head(self._head_features, x_clip, x_as, X_AS))
 
     def close(self) -> None:
-        self._head = self._head_features = None
+        self._head = self._head_features = self.stages = None
+

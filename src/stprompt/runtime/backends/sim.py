@@ -81,6 +81,7 @@ class SimBackend(BackendBase):
         bank = rng.standard_normal((CROPS_PER_HOLD, self.dim)).astype(np.float32)
         self._bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
         self._heads = OrtHeads(manifest, [CPU])
+        self.head_stages = self._heads.stages
 
     def hold_s(self, crops: int) -> float:
         """Seconds one call over `crops` crops holds."""

@@ -106,6 +106,7 @@ class TritonBackend(BackendBase):
         self._connect_first()
         providers = resolve_providers(providers, require_ort().get_available_providers()) if providers else [CPU]
         self._heads = OrtHeads(manifest, providers)
+        self.head_stages = self._heads.stages
         self.name = f"triton[{self.url} {self.role}]"
 
     # -- the pipeline's hooks ------------------------------------------------------------------------
