@@ -164,7 +164,8 @@ def test_manifest_round_trip(bundle, tiny_ckpt, tiny_clip):
     thresholds = {"alarm": 0.5, "heat": 0.5, "min_box_area": 0.001, "tau_loc": 0.01, "fusion_lambda": 0.5}
     assert m.thresholds.to_dict() == thresholds
     assert set(raw["files"]) == {"encoder", "head", "head_features", "queries", "encoder_fp16", "encoder_int8",
-                                 "encoder_pre"}  # fmt: skip
+                                 "encoder_pre", "head_layer0", "head_layer1", "head_scores"}  # fmt: skip
+    assert m.file("head_layer1").name == "model.head_l1.onnx" and raw["gates"]["head_stages_fp32"]["passed"]
     assert m.file("encoder_pre").name == "model.pre.onnx" and raw["gates"]["encoder_pre"]["max_abs"] == 0.0
     assert m.file("head").name == "model.head.onnx" and m.file("encoder_fp16").name == "model.fp16.onnx"
     assert m.file("head_features").name == "model.head_as.onnx" and raw["gates"]["head_features_fp32"]["passed"]

@@ -198,3 +198,26 @@ def test_a_bundle_without_the_stages_streams_with_the_window_head(tiny_bundle, b
     assert not load_manifest(tmp_path / "model.json").has_head_stages
     head, scores = detector_scores(tmp_path / "model.json", blob_clip)
     assert head is StreamingFeatureHead and len(scores) > 0
+
+
+@pytest.mark.parametrize("overrides", [{}, {"layers": 1}, {"temporal": "none"}])
+def test_exported_stages_score_like_the_pytorch_head_at_several_lengths(overrides, tmp_path):
+    """The snippet-wise graphs keep their rows dimension dynamic (the legacy exporter), for every depth."""
+    from stprompt.bundle.ort import OrtHeadStages
+    from stprompt.export.onnx_graphs import export_head_stages
+    from stprompt.runtime.incremental import score_by_stages
+
+    cfg, head, prompts = make_head(**overrides)
+    layers = [tmp_path / f"l{i}.onnx" for i in range(len(head.adapter))]
+    export_head_stages(head, prompts, layers, tmp_path / "scores.onnx")
+    stages = OrtHeadStages(layers, tmp_path / "scores.onnx")
+    assert stages.layers == (0 if overrides.get("temporal") == "none" else cfg.layers)
+    for t in (1, 2, 9, 64):
+        x_clip, x_patch = features(t, seed=t)
+        x_as = head.aggregate(torch.from_numpy(x_patch)[None].reshape(1, t, 7, 7, DIM))[0].detach().numpy()
+        got = score_by_stages(stages, x_clip, x_as, band_kernel(cfg.sigma, cfg.radius))
+        with torch.no_grad():
+            want = head.forward_features(torch.from_numpy(x_clip)[None], torch.from_numpy(x_as)[None],
+                                         torch.ones(1, t), prompts)  # fmt: skip
+        np.testing.assert_allclose(got["score"], want.score[0].numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got["probs"], want.probs[0].numpy(), atol=1e-5)

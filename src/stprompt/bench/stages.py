@@ -1,11 +1,11 @@
 """The units of work stp-bench times, one function per pipeline stage, each built exactly as stp-run runs it.
 
 decode (one frame of a file), windows (resize + 1 + 49 crops + normalisation of one sampled frame), encode (one
-sampled frame's 50 crops in one backend call), SA2 (the two kernel calls a snippet costs in the stream), head (one
-head call over the window the stream scores a snippet with), localization (scale-B crops, their encoding, heat map
-and boxes of one alarm frame), sinks (one event line and one annotated frame written), end to end (stp-run's
-Pipeline on a video file, decode included), and the baseline (a researcher's loop: each crop resized alone and
-encoded alone with open_clip in PyTorch fp32).
+sampled frame's 50 crops in one backend call), SA2 (the two kernel calls a snippet costs in the stream), head
+(what scoring one snippet costs the stream: one incremental push, or one head call over the window),
+localization (scale-B crops, their encoding, heat map and boxes of one alarm frame), sinks (one event line and
+one annotated frame written), end to end (stp-run's Pipeline on a video file, decode included), and the baseline
+(a researcher's loop: each crop resized alone and encoded alone with open_clip in PyTorch fp32).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..kernels.sa2 import sa2_step
 from ..runtime.detector import AlarmSettings, Detector, Sampled, Snippet
 from ..runtime.events import frame_event
 from ..runtime.frames import Frame
+from ..runtime.incremental import IncrementalFeatureHead
 from ..runtime.pipeline import Pipeline
 from ..runtime.sinks import JsonLinesSink, VideoSink
 from ..runtime.sources import VideoFileSource
@@ -114,12 +115,37 @@ def head_window(manifest, lookahead: int | None = None) -> int:
 
 
 def time_head(backend, name: str, manifest, **kw) -> Timing:
-    t = head_window(manifest)
+    """What the stream's head costs per snippet, as stp-run scores it: with the bundle's snippet-wise graphs on a
+    host-head backend, one push into a primed incremental head (runtime.incremental); else one head call over
+    the window."""
     rng = np.random.default_rng(0)
+    stages = getattr(backend, "head_stages", None)
+    if stages is not None and manifest.has_head_stages:
+        return _time_incremental_head(stages, name, manifest, rng, **kw)
+    t = head_window(manifest)
     x_clip = rng.standard_normal((t, manifest.dim)).astype(np.float32)
     x_as = rng.standard_normal((t, manifest.dim)).astype(np.float32)
     return measure(lambda: backend.head_features(x_clip, x_as), "head", name, "snippet",
                    note=f"head after SA2 over {t} snippets", **kw)  # fmt: skip
+
+
+def _time_incremental_head(stages, name: str, manifest, rng, **kw) -> Timing:
+    settings = manifest.head_settings
+    exact = settings.exact_lookahead
+    head = IncrementalFeatureHead(stages, manifest.dim, exact - 1, exact, sa2_step, settings.topk_windows,
+                                  settings.sigma, settings.radius)  # fmt: skip
+    x_clip = rng.standard_normal((4 * exact, manifest.dim)).astype(np.float32)
+    x_patch = rng.standard_normal((4 * exact, 49, manifest.dim)).astype(np.float32)
+    for i in range(3 * exact):  # past the start: every push now finalises one row per layer and scores one
+        head.push(x_clip[i], x_patch[i])
+    turn = iter(range(10**9))
+
+    def one() -> None:
+        i = next(turn) % exact + 3 * exact
+        head.push(x_clip[i], x_patch[i])
+
+    return measure(one, "head", name, "snippet", note=f"incremental: one push (2 SA2 steps, {settings.adapter_layers} "
+                   "layer rows, scores), exact lookahead", **kw)  # fmt: skip
 
 
 def sampled_frame(detector: Detector, frame: np.ndarray) -> Sampled:
