@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stprompt.bundle.manifest import load_manifest, write_manifest
-from stprompt.bundle.serving import P_ROLE, P_SHA256, served_encoder_problems
+from stprompt.bundle.serving import P_INPUT, P_PRE_SHA256, P_ROLE, P_SHA256, served_encoder_problems
 from stprompt.errors import UserError
 from stprompt.triton import cli
 from stprompt.triton.repository import RELEASE, RepositoryOptions, encoder_config, head_config, write_repository
@@ -88,13 +88,13 @@ def test_triton_configs_parse_and_match_the_onnx_graphs(repo, tiny_bundle):
     assert enc.name == "stp_encoder" and enc.platform == "onnxruntime_onnx"
     g_in, g_out = graph_io(repo / "stp_encoder" / "1" / "model.onnx")
     c_in, c_out = config_io(enc)
-    fp32 = onnx.TensorProto.FLOAT
-    assert [t[1] for t in g_in + g_out] == [fp32, fp32]
-    assert [g[0] for g in g_in] == [c[0] for c in c_in] == ["images"]
+    fp32, uint8 = onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8
+    assert [t[1] for t in g_in + g_out] == [uint8, fp32]  # clients send uint8 crops: model.pre.onnx runs first
+    assert [g[0] for g in g_in] == [c[0] for c in c_in] == ["pixels"]
     assert [g[0] for g in g_out] == [c[0] for c in c_out] == ["embeddings"]
-    assert all(dtype == "TYPE_FP32" for _, dtype, _ in c_in + c_out)
+    assert [dtype for _, dtype, _ in c_in + c_out] == ["TYPE_UINT8", "TYPE_FP32"]
     assert g_in[0][2][0] == -1 and g_out[0][2][0] == -1  # the batch dim is symbolic in the graph...
-    assert [c[2] for c in c_in] == [g_in[0][2][1:]] == [[3, 224, 224]]  # ...and left out of a batched config
+    assert [c[2] for c in c_in] == [g_in[0][2][1:]] == [[224, 224, 3]]  # ...and left out of a batched config
     assert [c[2] for c in c_out] == [g_out[0][2][1:]] == [[manifest.dim]]
 
     head = parse(repo / "stp_head" / "config.pbtxt")
@@ -110,13 +110,24 @@ def test_triton_configs_parse_and_match_the_onnx_graphs(repo, tiny_bundle):
 
 
 def test_triton_graph_copies_and_identity_are_the_bundles(repo, tiny_bundle):
+    """The hosted encoder is model.pre.onnx fused in front of the bundle's encoder graph: the same numbers as the
+    two run one after the other (what a TensorRT appliance chains on its device)."""
+    import numpy as np
+
+    from stprompt.bundle.ort import ort_session
+
     manifest = load_manifest(tiny_bundle)
-    assert (repo / "stp_encoder" / "1" / "model.onnx").read_bytes() == manifest.file("encoder_fp16").read_bytes()
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    fused = ort_session(repo / "stp_encoder" / "1" / "model.onnx", fp16=True).run(None, {"pixels": pixels})[0]
+    images = ort_session(manifest.file("encoder_pre")).run(None, {"pixels": pixels})[0]
+    two = ort_session(manifest.file("encoder_fp16"), fp16=True).run(None, {"images": images})[0]
+    assert fused.shape == (3, manifest.dim) and np.array_equal(fused, two)
     assert (repo / "stp_head" / "1" / "model.onnx").read_bytes() == manifest.file("head_features").read_bytes()
     enc = parse(repo / "stp_encoder" / "config.pbtxt")
     p = params(enc)
     assert p[P_ROLE] == "encoder_fp16"  # the bundle's encoder precision, as stp-build picks it
     assert p[P_SHA256] == manifest.raw["files"]["encoder_fp16"]["sha256"]
+    assert p[P_INPUT] == "pixels" and p[P_PRE_SHA256] == manifest.raw["files"]["encoder_pre"]["sha256"]
     assert p["stprompt_clip_sha256"] == manifest.clip_sha256 and p["stprompt_dim"] == str(manifest.dim)
     assert served_encoder_problems(as_json(enc), manifest) == []
     text = (repo / "README.md").read_text()
@@ -156,8 +167,8 @@ def test_triton_accelerator_block_only_with_tensorrt(tiny_bundle):
     enc = text_format.Parse(text, model_config_pb2.ModelConfig())
     (acc,) = enc.optimization.execution_accelerators.gpu_execution_accelerator
     assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
-    assert acc.parameters["trt_profile_min_shapes"] == "images:1x3x224x224"
-    assert acc.parameters["trt_profile_max_shapes"] == "images:100x3x224x224"  # the batch range, no rebuilds
+    assert acc.parameters["trt_profile_min_shapes"] == "pixels:1x224x224x3"
+    assert acc.parameters["trt_profile_max_shapes"] == "pixels:100x224x224x3"  # the batch range, no rebuilds
     assert "gpu_execution_accelerator" not in encoder_config(manifest, RepositoryOptions())
     assert served_encoder_problems(as_json(enc), manifest) == []
 
@@ -166,9 +177,35 @@ def test_triton_accelerator_block_only_with_tensorrt(tiny_bundle):
 def test_triton_precision_picks_the_hosted_graph(precision, role, tiny_bundle, tmp_path):
     manifest = load_manifest(tiny_bundle)
     out = write_repository(tiny_bundle, tmp_path / "r", RepositoryOptions(precision=precision, head=False))
-    assert (out / "stp_encoder" / "1" / "model.onnx").read_bytes() == manifest.file(role).read_bytes()
     enc = parse(out / "stp_encoder" / "config.pbtxt")
     assert params(enc)[P_ROLE] == role and served_encoder_problems(as_json(enc), manifest) == []
+    assert graph_io(out / "stp_encoder" / "1" / "model.onnx")[0][0][0] == "pixels"
+    images = write_repository(tiny_bundle, tmp_path / "i", RepositoryOptions(precision=precision, head=False,
+                                                                             input="images"))  # fmt: skip
+    assert (images / "stp_encoder" / "1" / "model.onnx").read_bytes() == manifest.file(role).read_bytes()
+    enc = parse(images / "stp_encoder" / "config.pbtxt")
+    assert params(enc)[P_ROLE] == role and P_INPUT not in params(enc)
+    assert config_io(enc)[0] == [("images", "TYPE_FP32", [3, 224, 224])]
+    assert served_encoder_problems(as_json(enc), manifest) == []
+
+
+def test_triton_pixels_need_the_bundles_preprocessing_graph(tiny_bundle, tmp_path, capsys):
+    """A bundle exported before model.pre.onnx gets the float32 encoder by default and a clear line for --input
+    pixels; a client refuses a pixels model whose preprocessing graph is not its bundle's."""
+    old = copy_bundle(tiny_bundle, tmp_path / "old")
+    edit_manifest(old, lambda doc: doc["files"].pop("encoder_pre"))
+    out = write_repository(old, tmp_path / "r", RepositoryOptions(head=False))
+    assert config_io(parse(out / "stp_encoder" / "config.pbtxt"))[0][0][0] == "images"
+    assert cli.main([str(old), "--out", str(tmp_path / "p"), "--input", "pixels"]) == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and "has no model.pre.onnx for --input pixels" in err[0]
+    pixels = as_json(parse(write_repository(tiny_bundle, tmp_path / "q", RepositoryOptions(head=False))
+                           / "stp_encoder" / "config.pbtxt"))  # fmt: skip
+    other = copy_bundle(tiny_bundle, tmp_path / "other")
+    edit_manifest(other, lambda doc: doc["files"]["encoder_pre"].update(sha256="1" * 64))
+    problems = served_encoder_problems(pixels, load_manifest(other, verify=False))
+    assert len(problems) == 1 and "preprocessing graph is not this bundle's" in problems[0]
+    assert "preprocessing graph" in served_encoder_problems(pixels, load_manifest(old, verify=False))[0]
 
 
 # --- --plan ---------------------------------------------------------------------------------------------------------
@@ -215,18 +252,19 @@ def test_triton_plan_writes_the_source_and_a_build_script(tiny_bundle, tmp_path)
     assert enc.platform == "tensorrt_plan" and enc.default_model_filename == "model.plan"
     assert params(enc)[P_ROLE] == "encoder_fp16" and served_encoder_problems(as_json(enc), manifest) == []
     assert list((model / "1").iterdir()) == []  # built on the server: TensorRT version and GPU bound
-    assert (model / "model.source.onnx").read_bytes() == manifest.file("encoder_fp16").read_bytes()
+    assert graph_io(model / "model.source.onnx")[0][0][0] == "pixels"  # model.pre.onnx fused in front
     script = model / "build_plan.sh"
     assert script.stat().st_mode & stat.S_IXUSR
     text = script.read_text()
     assert f"nvcr.io/nvidia/tensorrt:{RELEASE}-py3" in text and "docker run --gpus all" in text
     assert "trtexec --onnx=/model/model.source.onnx" in text and "--stronglyTyped" in text
-    assert "--minShapes=images:1x3x224x224 --optShapes=images:50x3x224x224 --maxShapes=images:256x3x224x224" in text
+    assert "--minShapes=pixels:1x224x224x3 --optShapes=pixels:50x224x224x3 --maxShapes=pixels:256x224x224x3" in text
     assert "--noTF32" not in text  # fp16 from the fp16 graph (strongly typed), no precision flags
     assert "build_plan.sh" in (out / "README.md").read_text()
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
 
-    fp32 = write_repository(tiny_bundle, tmp_path / "r32", RepositoryOptions(plan=True, precision="fp32", max_batch=64))
+    fp32 = write_repository(tiny_bundle, tmp_path / "r32", RepositoryOptions(plan=True, precision="fp32", max_batch=64,
+                                                                             input="images"))  # fmt: skip
     text = (fp32 / "stp_encoder" / "build_plan.sh").read_text()
     assert "--maxShapes=images:64x3x224x224" in text and "--noTF32" in text
     assert (fp32 / "stp_encoder" / "model.source.onnx").read_bytes() == manifest.file("encoder").read_bytes()

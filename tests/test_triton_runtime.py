@@ -58,9 +58,12 @@ def repository(tiny_bundle, tmp_path_factory) -> Path:
     # the same encoder with a 1 s queue delay: two clients' requests share an execution however loaded the machine
     batching = write_repository(tiny_bundle, work / "batching", RepositoryOptions(name="batching", precision="fp32",
                                                                                  queue_delay_us=1_000_000))  # fmt: skip
+    # the float32 encoder (stp-triton --input images): clients normalise and send four times the bytes
+    floats = write_repository(tiny_bundle, work / "floats", RepositoryOptions(name="floats", precision="fp32",
+                                                                             input="images", head=False))  # fmt: skip
     served = python_backend_repository(ours, work / "served")
-    python_backend_repository(other, served)
-    python_backend_repository(batching, served)
+    for generated in (other, batching, floats):
+        python_backend_repository(generated, served)
     return served
 
 
@@ -138,6 +141,25 @@ def test_triton_run_equals_local_run(server, tiny_bundle, video, local_events, t
     assert alarms(events) == alarms(local_events)
 
 
+@pytest.mark.parametrize("model, sent", [("stp_encoder", np.uint8), ("floats_encoder", np.float32)])
+def test_triton_client_sends_the_crops_the_served_model_takes(server, tiny_bundle, video, local_events, tmp_path,
+                                                              model, sent, monkeypatch):  # fmt: skip
+    """stp-triton's default model takes uint8 crops (model.pre.onnx fused in front: a quarter of the bytes);
+    `--input images` float32. The client reads which from the served config; the scores are the same."""
+    from stprompt.runtime import cli
+    from stprompt.runtime.backends.triton import TritonBackend
+
+    dtypes, infer = [], TritonBackend._infer
+    monkeypatch.setattr(TritonBackend, "_infer", lambda self, crops: dtypes.append(crops.dtype) or infer(self, crops))
+    out = tmp_path / "events.jsonl"
+    url = f"grpc://{server.address}/{model}"
+    code = cli.main(["--engine", str(tiny_bundle.with_name("model.onnx")), "--triton", url, str(video),
+                     "--events", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    assert dtypes and set(dtypes) == {np.dtype(sent)}
+    _assert_same_scores([json.loads(line) for line in out.read_text().splitlines()], local_events)
+
+
 def test_triton_two_clients_are_batched_together(server, tiny_bundle):
     """Two clients, one request in flight each: an execution of more crops than one request carries can only be
     both clients' requests batched together by the server."""
@@ -155,7 +177,7 @@ def test_triton_two_clients_are_batched_together(server, tiny_bundle):
         return int(s["inference_stats"]["success"].get("count", 0)), int(s.get("execution_count", 0)), sizes
 
     clients = [TritonBackend(f"{server.url}/batching_encoder", manifest, in_flight=1) for _ in range(2)]
-    crops = np.random.default_rng(0).standard_normal((50, 3, 224, 224)).astype(np.float32)
+    crops = np.random.default_rng(0).integers(0, 256, (50, 224, 224, 3), dtype=np.uint8)  # what the model takes
     requests0, executions0, sizes0 = counts()
     start = threading.Barrier(2)
     outs: list[np.ndarray] = []
@@ -163,7 +185,7 @@ def test_triton_two_clients_are_batched_together(server, tiny_bundle):
     def client(backend) -> None:
         start.wait(timeout=10)
         for _ in range(3):
-            outs.append(backend.encode(crops))
+            outs.append(backend.encode_pixels(crops))
 
     threads = [threading.Thread(target=client, args=(c,)) for c in clients]
     for t in threads:
@@ -255,7 +277,7 @@ def test_triton_server_hosting_another_export_is_refused(server, tiny_bundle, vi
 def test_triton_unknown_model_names_the_served_ones(server, tiny_bundle):
     from stprompt.runtime.backends import open_backend
 
-    served = r"\(it has batching_encoder, other_encoder, stp_encoder\)"
+    served = r"\(it has batching_encoder, floats_encoder, other_encoder, stp_encoder\)"
     with pytest.raises(UserError, match=r"has no model 'nope' ready " + served):
         open_backend(tiny_bundle.with_name("model.onnx"), triton=f"{server.url}/nope")
 

@@ -77,3 +77,11 @@ def test_uint8_crops_normalise_to_the_float_batch_exactly(keep):
     windows.fill_windows(small, scale_b, b_float)
     assert windows.fill_pixel_windows(small, scale_b, b_pixels) == scale_b.count
     assert np.array_equal(windows.normalize(b_pixels).view(np.uint32), b_float.view(np.uint32))
+
+
+def test_pixel_batch_is_the_encoder_batch_before_normalisation():
+    """stp-run --check compares backends on these uint8 crops: each backend normalises them its own way."""
+    frame = np.random.default_rng(3).integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    pixels = windows.pixel_batch(frame)
+    assert pixels.shape == (50, 224, 224, 3) and pixels.dtype == np.uint8
+    assert np.array_equal(windows.normalize(pixels), windows.encoder_batch(frame))

@@ -204,3 +204,11 @@ def encoder_batch(frame_bgr: np.ndarray, scale_b: bool = False, out: np.ndarray 
     if scale_b:
         fill_windows(small, scales(pre)[1], out[rows:], pre=pre)
     return out
+
+
+def pixel_batch(frame_bgr: np.ndarray, pre: Preprocess = DEFAULT) -> np.ndarray:
+    """[1 + 49, S, S, 3] uint8 BGR crops of one sampled frame: `encoder_batch`'s rows before normalisation (what
+    the Detector cuts for a backend that normalises on its device, and any backend's `encode_pixels` takes)."""
+    out = np.empty((crops_per_frame(pre=pre), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    fill_pixel_batch(resize_frame(frame_bgr), out, pre=pre)
+    return out

@@ -51,10 +51,13 @@ def parse_streams(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def synthetic_crops(n: int, pre, seed: int) -> np.ndarray:
+def synthetic_crops(n: int, pre, seed: int, pixels: bool = False) -> np.ndarray:
     """[n, 3, S, S] float32: uniform [0, 1] pixels through the bundle's mean / std (what real crops look like to
-    the encoder, without a video)."""
+    the encoder, without a video); with `pixels`, [n, S, S, 3] uniform uint8 BGR crops (for a server that takes
+    them)."""
     rng = np.random.default_rng(seed)
+    if pixels:
+        return rng.integers(0, 256, (n, pre.size, pre.size, 3), dtype=np.uint8)
     pixels = rng.random((n, 3, pre.size, pre.size), dtype=np.float32)
     mean = np.asarray(pre.mean, np.float32)[None, :, None, None]
     std = np.asarray(pre.std, np.float32)[None, :, None, None]
@@ -169,6 +172,11 @@ def server_view(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]
     }  # fmt: skip
 
 
+def encode(backend, crops: np.ndarray) -> np.ndarray:
+    """One encoder call as stp-run makes it: uint8 crops to a server that takes them, else float32."""
+    return backend.encode_pixels(crops) if crops.dtype == np.uint8 else backend.encode(crops)
+
+
 def run_level(backends: list, inputs: list[np.ndarray], warmup: int, duration: float,
               snapshot: Callable[[int], dict[str, int]], stop: threading.Event) -> dict[str, Any]:  # fmt: skip
     """All `backends` at once, one thread each: `warmup` untimed calls, then encode back to back for `duration`
@@ -194,14 +202,14 @@ def run_level(backends: list, inputs: list[np.ndarray], warmup: int, duration: f
             for _ in range(warmup):
                 if stop.is_set():
                     break
-                backend.encode(x)
+                encode(backend, x)
             barrier.wait()
             end = marks["t0"] + duration
             while not stop.is_set():
                 t = time.perf_counter()
                 if t >= end:
                     break
-                backend.encode(x)
+                encode(backend, x)
                 latencies[i].append(time.perf_counter() - t)
             ends[i] = time.perf_counter()
         except threading.BrokenBarrierError:  # another stream failed and aborted the barrier: its error is reported
@@ -322,7 +330,8 @@ def bench(args, engine: Path, manifest_path: Path, log: Callable[[str], None]) -
         server["config"] = probe.config()
         pre = manifest.preprocess
         crops = windows.crops_per_frame(pre=pre)
-        inputs = [synthetic_crops(crops, pre, seed=i) for i in range(len(backends))]
+        pixels = backends[0].input_format == "uint8"  # the server normalises: the clients send uint8 crops
+        inputs = [synthetic_crops(crops, pre, seed=i, pixels=pixels) for i in range(len(backends))]
         cores = usable_cores()
         rows = []
         for n in levels:
@@ -339,8 +348,9 @@ def bench(args, engine: Path, manifest_path: Path, log: Callable[[str], None]) -
         for b in backends:
             b.close()
         probe.close()
-    timed = (f"encoder requests through Triton gRPC, one sampled frame ({crops} crops, float32 "
-             f"[{crops},3,{pre.size},{pre.size}]) each; N client threads in this process (N per row), each its own "
+    shape = f"uint8 [{crops},{pre.size},{pre.size},3]" if pixels else f"float32 [{crops},3,{pre.size},{pre.size}]"
+    timed = (f"encoder requests through Triton gRPC, one sampled frame ({crops} crops, {shape}) "
+             "each; N client threads in this process (N per row), each its own "
              f"gRPC client calling back to back; wall time {args.duration:g} s per row after {args.warmup} untimed "
              "call(s) per thread; latency = one encoder call, request sent to embeddings back on the host; "
              "crops/s = all threads' crops / wall time from the common start to the last answer; server columns = "

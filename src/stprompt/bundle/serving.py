@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .graphs import ENCODER_INPUT, ENCODER_OUTPUT, HEAD_FEATURES_INPUTS, HEAD_OUTPUTS
+from .graphs import ENCODER_INPUT, ENCODER_OUTPUT, HEAD_FEATURES_INPUTS, HEAD_OUTPUTS, PRE_INPUT
 from .manifest import FORMAT, Manifest
 
 ENCODER_MODEL = "stp_encoder"  # default model names in a generated repository (stp-triton --name changes the prefix)
@@ -25,6 +25,10 @@ P_ROLE = "stprompt_role"  # the manifest `files` role of the graph the model was
 P_SHA256 = "stprompt_sha256"  # that graph's sha256 (for a TensorRT plan: the ONNX it was built from)
 P_CLIP_SHA256 = "stprompt_clip_sha256"  # the CLIP weights the export started from
 P_DIM = "stprompt_dim"
+# a model that takes uint8 crops: the bundle's preprocessing graph (model.pre.onnx) in front of the encoder graph
+P_INPUT = "stprompt_input"  # "pixels" (absent: CLIP-normalised float32 images)
+P_PRE_SHA256 = "stprompt_pre_sha256"  # the preprocessing graph's sha256 (the manifest's encoder_pre)
+PIXELS = "pixels"
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,15 @@ class TensorSpec:
     dims: tuple[int, ...]  # -1 = variable
 
 
-def encoder_tensors(manifest: Manifest) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The encoder's (inputs, outputs) per crop: images [3, S, S] float32 -> embeddings [D] float32 (batched)."""
+def encoder_tensors(manifest: Manifest, pixels: bool = False) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The encoder's (inputs, outputs) per crop: images [3, S, S] float32 (or with `pixels`, uint8 BGR crops
+    [S, S, 3] through the bundle's preprocessing graph) -> embeddings [D] float32 (batched)."""
     size = manifest.preprocess.size
-    return ([TensorSpec(ENCODER_INPUT, "TYPE_FP32", (3, size, size))],
-            [TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (manifest.dim,))])  # fmt: skip
+    if pixels:
+        crop = TensorSpec(PRE_INPUT, "TYPE_UINT8", (size, size, 3))
+    else:
+        crop = TensorSpec(ENCODER_INPUT, "TYPE_FP32", (3, size, size))
+    return [crop], [TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (manifest.dim,))]
 
 
 def head_tensors(manifest: Manifest) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -54,15 +62,19 @@ def head_tensors(manifest: Manifest) -> tuple[list[TensorSpec], list[TensorSpec]
     return inputs, outputs
 
 
-def identity(manifest: Manifest, role: str) -> dict[str, str]:
-    """The parameters a hosted graph of `role` carries: which export and which of its graphs it is."""
-    return {
+def identity(manifest: Manifest, role: str, pixels: bool = False) -> dict[str, str]:
+    """The parameters a hosted graph of `role` carries: which export and which of its graphs it is (with `pixels`,
+    also the preprocessing graph in front of it)."""
+    params = {
         P_FORMAT: FORMAT,
         P_ROLE: role,
         P_SHA256: str(manifest.raw["files"][role]["sha256"]),
         P_CLIP_SHA256: manifest.clip_sha256,
         P_DIM: str(manifest.dim),
     }
+    if pixels:
+        params |= {P_INPUT: PIXELS, P_PRE_SHA256: str(manifest.raw["files"]["encoder_pre"]["sha256"])}
+    return params
 
 
 def _parameters(config: dict[str, Any]) -> dict[str, str]:
@@ -98,7 +110,8 @@ def served_encoder_problems(config: dict[str, Any], manifest: Manifest) -> list[
     problems = []
     if int(config.get("max_batch_size", 0) or 0) < 1:
         problems.append("max_batch_size is 0 (the encoder must take batches of crops)")
-    inputs, outputs = encoder_tensors(manifest)
+    pixels = served_input_format(config) == "uint8"
+    inputs, outputs = encoder_tensors(manifest, pixels)
     problems += _tensor_problems("input", config.get("input") or [], inputs)
     problems += _tensor_problems("output", config.get("output") or [], outputs)
     params = _parameters(config)
@@ -112,7 +125,17 @@ def served_encoder_problems(config: dict[str, Any], manifest: Manifest) -> list[
     elif manifest.raw["files"][role]["sha256"] != sha:
         problems.append(f"it hosts another export ({role} sha256 {sha[:12]}, this bundle's is "
                         f"{manifest.raw['files'][role]['sha256'][:12]})")  # fmt: skip
+    elif pixels and params.get(P_PRE_SHA256) != manifest.raw["files"].get("encoder_pre", {}).get("sha256"):
+        problems.append("its preprocessing graph is not this bundle's model.pre.onnx (another export, or a bundle "
+                        "exported before it)")  # fmt: skip
     return problems
+
+
+def served_input_format(config: dict[str, Any]) -> str:
+    """"uint8" when the model takes uint8 crops (the bundle's preprocessing graph in front of the encoder), else
+    "float32" (CLIP-normalised images): what `stp-run --triton` sends."""
+    names = {t.get("name") for t in config.get("input") or []}
+    return "uint8" if PRE_INPUT in names or _parameters(config).get(P_INPUT) == PIXELS else "float32"
 
 
 def served_role(config: dict[str, Any]) -> str | None:

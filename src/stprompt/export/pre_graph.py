@@ -48,3 +48,28 @@ def write_pre_graph(path: str | os.PathLike, pre: Preprocess) -> None:
     onnx.checker.check_model(model)
     with open(path, "wb") as fh:
         fh.write(model.SerializeToString())
+
+
+def fuse_pre_graph(pre_path: str | os.PathLike, encoder_path: str | os.PathLike, out: str | os.PathLike) -> None:
+    """One graph `pixels` (uint8 BGR crops) -> `embeddings`: the preprocessing graph in front of an encoder graph,
+    for a server that hosts the encoder as one model (Triton): clients then send a quarter of the bytes and skip
+    the normalisation, and the numbers are the two graphs' own. Raises UserError when the graphs cannot be joined."""
+    import onnx
+    from onnx import compose
+
+    from ..errors import UserError
+
+    pre, encoder = onnx.load(os.fspath(pre_path)), onnx.load(os.fspath(encoder_path))
+    pre.ir_version = encoder.ir_version  # the preprocessing graph uses nothing newer than IR 8 needs
+    # the preprocessing graph's own tensors get a prefix; its input (pixels) and its output (the encoder's input)
+    # keep their names, which is what joins the two
+    pre = compose.add_prefix(pre, "stp_pre/", rename_inputs=False, rename_outputs=False)
+    try:
+        fused = compose.merge_models(pre, encoder, io_map=[(PRE_OUTPUT, PRE_OUTPUT)], producer_name="stprompt",
+                                     doc_string="stprompt: model.pre.onnx in front of the image encoder")  # fmt: skip
+        onnx.checker.check_model(fused)
+    except (ValueError, onnx.checker.ValidationError) as err:
+        raise UserError(f"{os.path.basename(os.fspath(encoder_path))}: cannot put the preprocessing graph in front "
+                        f"of it: {str(err).splitlines()[0]}") from None  # fmt: skip
+    with open(out, "wb") as fh:
+        fh.write(fused.SerializeToString())

@@ -202,14 +202,14 @@ def run_check(args, backend, manifest) -> int:
     crops = []
     try:
         while len(crops) < args.check_frames and (frame := src.read()) is not None:
-            if is_sampled(frame.index, manifest.stride, manifest.offset):
-                crops.append(windows.encoder_batch(frame.image, pre=manifest.preprocess))
+            if is_sampled(frame.index, manifest.stride, manifest.offset):  # uint8 crops: what stp-run cuts
+                crops.append(windows.pixel_batch(frame.image, pre=manifest.preprocess))
     finally:
         src.close()
     if not crops:
         raise UserError(f"{args.sources[0]}: no sampled frame to compare (shorter than one stride)")
     images = np.concatenate(crops)
-    emb = other.encode(images).reshape(len(crops), windows.crops_per_frame(pre=manifest.preprocess), -1)
+    emb = other.encode_pixels(images).reshape(len(crops), windows.crops_per_frame(pre=manifest.preprocess), -1)
     report = parity(backend, other, images, np.ascontiguousarray(emb[:, 0]), np.ascontiguousarray(emb[:, 1:]))
     report["gate"] = check_gate(report, manifest, [backend.path, other.path])
     print(json.dumps(report, indent=1))

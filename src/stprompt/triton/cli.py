@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder graph to host: model.onnx, model.fp16.onnx or model.int8.onnx (int8: for ONNX "
                         "Runtime on CPUs) (default: the bundle's encoder precision, its fp16 graph when it has "
                         "one)")  # fmt: skip
+    p.add_argument("--input", choices=("pixels", "images"), default=None,
+                   help="what clients send: pixels = uint8 BGR crops, the bundle's model.pre.onnx fused in front of "
+                        "the encoder (a quarter of the bytes, no normalisation on the clients); images = "
+                        "CLIP-normalised float32 crops (default: pixels when the bundle has "
+                        "model.pre.onnx)")  # fmt: skip
     p.add_argument("--accelerator", choices=("none", "tensorrt"), default="none",
                    help="tensorrt: ONNX Runtime's TensorRT execution accelerator in FP16 (engine built when the "
                         "model loads, cached in the container's /tmp)")  # fmt: skip
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     options = RepositoryOptions(
         name=args.name,
         precision=args.precision,
+        input=args.input,
         accelerator=args.accelerator,
         plan=args.plan,
         max_batch=args.max_batch,

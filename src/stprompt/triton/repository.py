@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle.engine_keys import BuildSettings, InputProfile, encoder_profiles, encoder_source_role
+from ..bundle.engine_keys import BuildSettings, InputProfile, encoder_profiles, encoder_source_role, pre_profiles
 from ..bundle.hashing import sha256_file
 from ..bundle.manifest import Manifest, load_manifest
 from ..bundle.serving import ENCODER_MODEL, TensorSpec, encoder_tensors, head_tensors, identity
@@ -40,6 +40,7 @@ ENCODER_ROLES = {"fp32": "encoder", "fp16": "encoder_fp16", "int8": "encoder_int
 PLAN_PRECISION = {"encoder": "fp32", "encoder_fp16": "fp16"}  # strongly typed: the plan's precision is its graph's
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 ACCELERATORS = ("none", "tensorrt")
+INPUTS = ("pixels", "images")  # uint8 BGR crops (model.pre.onnx fused in front of the encoder) | float32 crops
 HEAD_ROLE = "head_features"  # model.head_as.onnx: the head after SA2, what the runtime streams
 PLAN_FILE, SOURCE_FILE, BUILD_SCRIPT = "model.plan", "model.source.onnx", "build_plan.sh"
 TRTEXEC_DIRS = "/opt/tensorrt/bin:/usr/src/tensorrt/bin"  # where NGC's TensorRT images keep trtexec
@@ -62,6 +63,7 @@ class RepositoryOptions:
     instances: int = 1  # encoder instances per device (instance_group count)
     kind: str = "gpu"  # gpu | cpu
     head: bool = True  # also host model.head_as.onnx as f"{name}_head"
+    input: str | None = None  # pixels | images: what clients send; None: pixels when the bundle has model.pre.onnx
     release: str = RELEASE  # NGC yy.mm of the Triton image (and of the TensorRT image building plans)
 
     @property
@@ -80,6 +82,8 @@ def check_options(options: RepositoryOptions) -> None:
         raise UserError(f"--name {o.name!r}: use letters, digits, '_', '.', '-' (it names the model folders)")
     if o.precision is not None and o.precision not in ENCODER_ROLES:
         raise UserError(f"--precision {o.precision!r}: choose fp32, fp16 or int8")
+    if o.input is not None and o.input not in INPUTS:
+        raise UserError(f"--input {o.input!r}: choose pixels or images")
     if o.accelerator not in ACCELERATORS:
         raise UserError(f"--accelerator {o.accelerator!r}: choose none or tensorrt")
     if o.kind not in KINDS:
@@ -112,6 +116,19 @@ def encoder_role(manifest: Manifest, options: RepositoryOptions) -> str:
     return role
 
 
+def takes_pixels(manifest: Manifest, options: RepositoryOptions) -> bool:
+    """True when the encoder model takes uint8 crops: --input pixels (the bundle must have model.pre.onnx), and by
+    default wherever the bundle has it (a quarter of the bytes per request, no normalisation on the clients)."""
+    if options.input == "images":
+        return False
+    if not manifest.has("encoder_pre"):
+        if options.input == "pixels":
+            raise UserError(f"{manifest.path.name}: the bundle has no model.pre.onnx for --input pixels (exported "
+                            "before it: export it again, or use --input images)")  # fmt: skip
+        return False
+    return True
+
+
 def max_batch_size(manifest: Manifest, options: RepositoryOptions) -> int:
     """--max-batch, else the bundle's build max_batch; at least one sampled frame's crops (one client request)."""
     from ..windows import crops_per_frame  # OpenCV and Numba: only when a config is made
@@ -124,10 +141,12 @@ def max_batch_size(manifest: Manifest, options: RepositoryOptions) -> int:
 
 
 def plan_profiles(manifest: Manifest, options: RepositoryOptions) -> list[InputProfile]:
-    """The plan's input profile: 1 to max_batch_size crops, tuned for the bundle's opt_batch."""
+    """The plan's input profile: 1 to max_batch_size crops (uint8 pixels or float32 images), tuned for the bundle's
+    opt_batch."""
     top = max_batch_size(manifest, options)
     settings = BuildSettings.from_manifest(manifest, max_batch=top)
-    return encoder_profiles(top, settings.opt_batch, manifest.preprocess.size)
+    profiles = pre_profiles if takes_pixels(manifest, options) else encoder_profiles
+    return profiles(top, settings.opt_batch, manifest.preprocess.size)
 
 
 # -- config.pbtxt text --------------------------------------------------------------------------------------------
@@ -172,11 +191,13 @@ def encoder_config(manifest: Manifest, options: RepositoryOptions) -> str:
     """The encoder model's config.pbtxt: batched crops in, embeddings out, dynamic batching, the identity."""
     check_options(options)
     role = encoder_role(manifest, options)
-    inputs, outputs = encoder_tensors(manifest)
+    pixels = takes_pixels(manifest, options)
+    inputs, outputs = encoder_tensors(manifest, pixels)
     top = max_batch_size(manifest, options)
     entry = manifest.raw["files"][role]
     lines = [f"# stp-triton: the image encoder of {manifest.clip} ({manifest.path.name}), {role} graph "
-             f"{entry['path']} sha256 {entry['sha256'][:12]}",
+             f"{entry['path']} sha256 {entry['sha256'][:12]}"
+             + (" behind model.pre.onnx (uint8 BGR crops in)" if pixels else ""),
              f"name: {_q(options.encoder_model)}"]  # fmt: skip
     if options.plan:
         lines += ["# 1/model.plan is built on the server by build_plan.sh (TensorRT version and GPU bound)",
@@ -191,7 +212,7 @@ def encoder_config(manifest: Manifest, options: RepositoryOptions) -> str:
     if options.accelerator == "tensorrt":
         lines += _tensorrt_accelerator(manifest, options)
     lines += ["# which export and graph this is: stp-run --triton refuses a server hosting another one",
-              *_parameters(identity(manifest, role))]  # fmt: skip
+              *_parameters(identity(manifest, role, pixels))]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -228,24 +249,25 @@ def client_command(manifest: Manifest, options: RepositoryOptions) -> str:
     return f"stp-run --engine BUNDLE/{manifest.file('encoder').name} --triton grpc://HOST:8001{model} SOURCE"
 
 
-def build_script(manifest: Manifest, options: RepositoryOptions, role: str) -> str:
-    """build_plan.sh: check the source graph, build the plan strongly typed with trtexec in the TensorRT image of
-    the same release as the Triton image, then move it into 1/ (Triton never sees a half-written plan)."""
-    sha = manifest.raw["files"][role]["sha256"]
+def build_script(manifest: Manifest, options: RepositoryOptions, role: str, sha: str) -> str:
+    """build_plan.sh: check the source graph (`sha`: the role's graph, or the fused pixels graph written beside it),
+    build the plan strongly typed with trtexec in the TensorRT image of the same release as the Triton image, then
+    move it into 1/ (Triton never sees a half-written plan)."""
     partial = f"{PLAN_FILE}.partial"
     workspace_gb = BuildSettings.from_manifest(manifest).workspace_gb
     cmd = trtexec_command(f"{CONTAINER_DIR}/{SOURCE_FILE}", f"{CONTAINER_DIR}/{partial}",
                           plan_profiles(manifest, options), PLAN_PRECISION[role], workspace_gb,
                           f"{CONTAINER_DIR}/timing.cache")  # fmt: skip
     image = f"nvcr.io/nvidia/tensorrt:{options.release}-py3"
+    what = f"{role} graph" + (" behind model.pre.onnx" if takes_pixels(manifest, options) else "")
     return f"""#!/bin/sh
-# stp-triton: builds 1/{PLAN_FILE} of {options.encoder_model} from {SOURCE_FILE} ({role} of {manifest.path.name}).
+# stp-triton: builds 1/{PLAN_FILE} of {options.encoder_model} from {SOURCE_FILE} ({what} of {manifest.path.name}).
 # Run it on the Triton server, before starting Triton: a plan only loads on the GPU and TensorRT version it was
 # built with, and {image} ships the TensorRT of nvcr.io/nvidia/tritonserver:{options.release}-py3.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 echo "{sha}  $here/{SOURCE_FILE}" | sha256sum -c --quiet - \\
-    || {{ echo "{BUILD_SCRIPT}: {SOURCE_FILE} is not the export's {role} graph" >&2; exit 1; }}
+    || {{ echo "{BUILD_SCRIPT}: {SOURCE_FILE} is not the export's {what}" >&2; exit 1; }}
 docker run --gpus all --rm --user "$(id -u):$(id -g)" -v "$here":{CONTAINER_DIR} {image} \\
     sh -c 'export PATH="$PATH:{TRTEXEC_DIRS}"; exec "$@"' {BUILD_SCRIPT} \\
     {shlex.join(cmd)}
@@ -261,8 +283,10 @@ def _in_pwd(name: str) -> str:
 
 def readme(manifest: Manifest, options: RepositoryOptions, role: str, repo_name: str, head: bool) -> str:
     entry = manifest.raw["files"][role]
+    pixels = (" behind the bundle's `model.pre.onnx`: clients send uint8 BGR crops (a quarter of float32's bytes) "
+              "and the server normalises them") if takes_pixels(manifest, options) else ""  # fmt: skip
     models = [f"- `{options.encoder_model}/`: the image encoder, {role} graph `{entry['path']}` "
-              f"(sha256 `{entry['sha256']}`), "
+              f"(sha256 `{entry['sha256']}`){pixels}, "
               + ("a TensorRT plan built by `build_plan.sh`" if options.plan else "ONNX Runtime")
               + f", batches of up to {max_batch_size(manifest, options)} crops"]  # fmt: skip
     if head:
@@ -293,18 +317,33 @@ def _copy_graph(manifest: Manifest, role: str, dst: Path) -> None:
         raise UserError(f"{manifest.file(role)}: the copy's sha256 differs from the manifest's (changed meanwhile?)")
 
 
+def _encoder_graph(manifest: Manifest, options: RepositoryOptions, role: str, dst: Path) -> str:
+    """The hosted encoder graph at `dst` (the role's graph, or with pixels model.pre.onnx fused in front of it, both
+    checked against the manifest first); its sha256."""
+    if not takes_pixels(manifest, options):
+        _copy_graph(manifest, role, dst)
+        return manifest.raw["files"][role]["sha256"]
+    from ..export.pre_graph import fuse_pre_graph  # onnx: only when a repository is written
+
+    for source in ("encoder_pre", role):
+        if sha256_file(manifest.file(source)) != manifest.raw["files"][source]["sha256"]:
+            raise UserError(f"{manifest.file(source)}: its sha256 differs from the manifest's (changed meanwhile?)")
+    fuse_pre_graph(manifest.file("encoder_pre"), manifest.file(role), dst)
+    return sha256_file(dst)
+
+
 def _write(manifest: Manifest, options: RepositoryOptions, root: Path, repo_name: str, head: bool) -> str:
     role = encoder_role(manifest, options)
     enc = root / options.encoder_model
     (enc / "1").mkdir(parents=True)
     (enc / "config.pbtxt").write_text(encoder_config(manifest, options))
     if options.plan:
-        _copy_graph(manifest, role, enc / SOURCE_FILE)
+        sha = _encoder_graph(manifest, options, role, enc / SOURCE_FILE)
         script = enc / BUILD_SCRIPT
-        script.write_text(build_script(manifest, options, role))
+        script.write_text(build_script(manifest, options, role, sha))
         script.chmod(0o755)
     else:
-        _copy_graph(manifest, role, enc / "1" / "model.onnx")
+        _encoder_graph(manifest, options, role, enc / "1" / "model.onnx")
     if head:
         (root / options.head_model / "1").mkdir(parents=True)
         (root / options.head_model / "config.pbtxt").write_text(head_config(manifest, options))
@@ -359,8 +398,9 @@ def _report(manifest: Manifest, options: RepositoryOptions, out: Path, role: str
     kind = "tensorrt_plan (built on the server)" if options.plan else "onnxruntime_onnx"
     log(f"wrote {out}")
     accelerator = ", ONNX Runtime's TensorRT accelerator (FP16)" if options.accelerator == "tensorrt" else ""
-    log(f"{options.encoder_model}: {kind}, {role} {entry['path']} sha256 {entry['sha256'][:12]}, max_batch_size "
-        f"{max_batch_size(manifest, options)}, queue delay {options.queue_delay_us} us, "
+    pixels = " behind model.pre.onnx (uint8 crops in)" if takes_pixels(manifest, options) else ""
+    log(f"{options.encoder_model}: {kind}, {role} {entry['path']} sha256 {entry['sha256'][:12]}{pixels}, "
+        f"max_batch_size {max_batch_size(manifest, options)}, queue delay {options.queue_delay_us} us, "
         f"{options.instances} x {KINDS[options.kind]}{accelerator}")
     if head:
         h = manifest.raw["files"][HEAD_ROLE]

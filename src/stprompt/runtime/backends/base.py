@@ -87,8 +87,9 @@ class BackendBase:
         raise NotImplementedError
 
     def _encode_pixel_batch(self, pixels: np.ndarray) -> np.ndarray:
-        """One call within max_batch on uint8 crops: backends whose `input_format` is "uint8" implement it."""
-        return self._encode_batch(windows.normalize(pixels, pre=self.preprocess))
+        """One call within max_batch on uint8 crops: backends whose `input_format` is "uint8" implement it; the
+        others normalise here and encode (through `encode`: some backends override it, not `_encode_batch`)."""
+        return self.encode(windows.normalize(pixels, pre=self.preprocess))
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return split_batches(self._encode_batch, check_images(images, self.preprocess.size), self.max_batch,

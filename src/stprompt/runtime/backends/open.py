@@ -114,12 +114,16 @@ def missing_plan(path: Path, manifest: str | os.PathLike | None = None) -> str:
 
 
 def parity(a: Backend, b: Backend, images: np.ndarray, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, Any]:
-    """Differences of backend `a` against reference `b` on the same inputs (for `stp-run --check`).
+    """Differences of backend `a` against reference `b` on the same inputs (for `stp-run --check`): `images` are
+    CLIP-normalised float32 crops, or uint8 BGR crops as the Detector cuts them for every backend that takes them.
 
     `max_rel` is the largest absolute error over the reference's largest magnitude (element-wise relative
     error explodes near zero); embeddings also get the gates' metric, the minimum centred cosine.
     """
-    ea, eb = a.encode(images), b.encode(images)
+    if images.dtype == np.uint8:  # uint8 BGR crops: each backend normalises them its own way (device or host)
+        ea, eb = a.encode_pixels(images), b.encode_pixels(images)
+    else:
+        ea, eb = a.encode(images), b.encode(images)
     ha, hb = a.head(x_clip, x_patch), b.head(x_clip, x_patch)
     report: dict[str, Any] = {"a": a.name, "b": b.name, "crops": int(len(images)), "snippets": int(len(x_clip))}
     report["embeddings"] = max_diff(ea, eb)

@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ... import windows
-from ...bundle.graphs import ENCODER_INPUT, ENCODER_OUTPUT
+from ...bundle.graphs import ENCODER_INPUT, ENCODER_OUTPUT, PRE_INPUT
 from ...bundle.manifest import Manifest
 from ...bundle.ort import CPU, require_ort, resolve_providers
-from ...bundle.serving import ENCODER_MODEL, served_encoder_problems, served_role
+from ...bundle.serving import ENCODER_MODEL, served_encoder_problems, served_input_format, served_role
 from ...errors import UserError, inform
 from ..events import engine_event
 from ..sources import BACKOFF_JITTER, DEFAULT_BACKOFF, reconnect_attempts
@@ -116,12 +116,26 @@ class TritonBackend(BackendBase):
 
     # -- Backend --------------------------------------------------------------------------------------
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
+        if self.input_format == "uint8":  # the Detector sends uint8 crops to such a server (encode_pixels)
+            raise UserError(f"Triton {self.url} takes uint8 crops (stp-triton's default): send them with "
+                            "encode_pixels, or serve float32 crops (stp-triton --input images)")  # fmt: skip
+        return self._call(images)
+
+    def _encode_pixel_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 crops go as they are to a server that normalises them (a quarter of float32's bytes); a server
+        that hosts the float32 encoder gets them normalised here."""
+        if self.input_format != "uint8":
+            return super()._encode_pixel_batch(pixels)
+        return self._call(pixels)
+
+    def _call(self, crops: np.ndarray) -> np.ndarray:
+        """One encoder call with the reconnect policy: outages waited out, a server serving something else refused."""
         if self._failed is not None:  # gave up, or stopped while waiting: later calls (the scale-B windows of the
             raise self._failed  # snippets still to score) fail at once instead of waiting again
         try:
             while True:
                 try:
-                    out = self._infer(images)
+                    out = self._infer(crops)
                     self._confirm()
                     return out
                 except _Outage as err:
@@ -201,6 +215,11 @@ class TritonBackend(BackendBase):
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise UserError(f"Triton {self.url} does not serve this bundle's encoder ({self.manifest.path.name}): "
                             f"{problems[0]}{more}")  # fmt: skip
+        served = served_input_format(config)
+        if self._config and served != self.input_format:  # the Detector cuts one kind of crop for the whole run
+            raise UserError(f"Triton {self.url} now takes {served} crops, not the {self.input_format} crops this "
+                            f"run sends (the server's repository changed: restart stp-run)")  # fmt: skip
+        self.input_format = served  # "uint8": stp-triton fused model.pre.onnx in front of the encoder
         self._config = config
         self.role = served_role(config) or ""
         served = int(config.get("max_batch_size", 0))
@@ -258,10 +277,13 @@ class TritonBackend(BackendBase):
             inform(f"engine {self.url} {state}: {reason}")
 
     # -- inference ------------------------------------------------------------------------------------
-    def _infer(self, images: np.ndarray) -> np.ndarray:
-        """One encoder call as requests of one sampled frame's crops, up to `in_flight` outstanding."""
+    def _infer(self, crops: np.ndarray) -> np.ndarray:
+        """One encoder call as requests of one sampled frame's crops, up to `in_flight` outstanding: uint8 crops
+        [N, S, S, 3] as `pixels`, float32 [N, 3, S, S] as `images`."""
         grpc = self._grpc
-        chunks = [images[i : i + self.request_crops] for i in range(0, len(images), self.request_crops)]
+        pixels = crops.dtype == np.uint8
+        name, dtype, kind = (PRE_INPUT, np.uint8, "UINT8") if pixels else (ENCODER_INPUT, np.float32, "FP32")
+        chunks = [crops[i : i + self.request_crops] for i in range(0, len(crops), self.request_crops)]
         results: list[np.ndarray | None] = [None] * len(chunks)
         errors: list[Exception] = []
         done = threading.Semaphore(0)
@@ -284,8 +306,8 @@ class TritonBackend(BackendBase):
         for index, chunk in enumerate(chunks):
             if not slots.acquire(timeout=max(0.0, deadline - self._clock())) or errors:
                 break
-            tensor = grpc.InferInput(ENCODER_INPUT, list(chunk.shape), "FP32")
-            tensor.set_data_from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+            tensor = grpc.InferInput(name, list(chunk.shape), kind)
+            tensor.set_data_from_numpy(np.ascontiguousarray(chunk, dtype=dtype))
             try:
                 self._client.async_infer(
                     self.model, [tensor], lambda result, error, i=index: finished(i, result, error),
@@ -304,9 +326,9 @@ class TritonBackend(BackendBase):
         if any(r is None for r in results):
             raise _Outage(f"no answer within {self.timeout_s:g} s")
         out = np.concatenate(results) if len(results) > 1 else results[0]
-        if out.shape != (len(images), self.dim):
-            raise UserError(f"Triton {self.url} answered embeddings {list(out.shape)} for {len(images)} crops, "
-                            f"expected [{len(images)}, {self.dim}]")  # fmt: skip
+        if out.shape != (len(crops), self.dim):
+            raise UserError(f"Triton {self.url} answered embeddings {list(out.shape)} for {len(crops)} crops, "
+                            f"expected [{len(crops)}, {self.dim}]")  # fmt: skip
         return out
 
     def _classify(self, err: Exception) -> Exception:
