@@ -10,6 +10,7 @@ one annotated frame written), end to end (stp-run's Pipeline on a video file, de
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,7 +139,7 @@ def _time_incremental_head(stages, name: str, manifest, rng, **kw) -> Timing:
     x_patch = rng.standard_normal((4 * exact, 49, manifest.dim)).astype(np.float32)
     for i in range(3 * exact):  # past the start: every push now finalises one row per layer and scores one
         head.push(x_clip[i], x_patch[i])
-    turn = iter(range(10**9))
+    turn = itertools.count()
 
     def one() -> None:
         i = next(turn) % exact + 3 * exact

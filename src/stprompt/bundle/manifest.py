@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import atomic_write_json, read_json
+from ..model.config import BANDED_TEMPORAL  # torch-free: the head's settings, not the head
 from .graphs import head_layer_role
 from .hashing import sha256_file
 from .preprocess import Preprocess
@@ -137,7 +138,7 @@ class HeadSettings:
             use_sa2=bool(doc.get("use_sa2", True)),
             sigma=float(doc.get("sigma", 1.0)),
             adapter_layers=0 if doc.get("temporal") == "none" else int(doc.get("layers", 2)),
-            banded=doc.get("temporal", "distance") in ("none", "distance"),
+            banded=doc.get("temporal", "distance") in BANDED_TEMPORAL,
         )
 
 
