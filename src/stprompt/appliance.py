@@ -215,7 +215,8 @@ def prepare_openvino(source: Manifest, cache: str | os.PathLike | None, parsed: 
         if explicit:
             raise UserError(f"--build-args asks for OpenVINO: {target}")
         return _fallback(source, f"{no_trt}; {target}", log)
-    opts = build_cli.openvino_options(parsed, implied=True)
+    # implied only when the appliance chose OpenVINO: an explicit --openvino refuses TensorRT settings as stp-build does
+    opts = build_cli.openvino_options(parsed, implied=not parsed.openvino)
     work_file = _work_manifest(source, cache)
     work = load_manifest(work_file, verify=False)  # the files behind it were verified by the caller
     job = ov_engines.plan_job(work, opts, *target)

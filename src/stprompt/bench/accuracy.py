@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bundle.openvino_keys import BF16_ROLE, INT8_ROLE
+
 _EXPORT_GATES = {"ort-fp32": "encoder_fp32", "ort-fp16": "encoder_fp16", "ort-int8": "encoder_int8"}
-_ENGINE_ROLES = {"openvino-bf16": "encoder_openvino", "openvino-int8": "encoder_openvino_int8"}
+_ENGINE_ROLES = {"openvino-bf16": BF16_ROLE, "openvino-int8": INT8_ROLE}
 
 
 def gated_accuracy(manifest, backends: list[str]) -> dict[str, dict[str, Any]]:

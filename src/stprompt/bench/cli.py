@@ -193,7 +193,7 @@ def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Pat
     import numpy as np
 
     from .. import windows
-    from . import host, stages
+    from . import host, stages, turns
 
     kw = {"warmup": args.warmup, "repeats": args.repeats, "min_seconds": 0.0}  # slow stages: exactly --repeats
     fast = {"warmup": max(1, args.warmup), "repeats": max(args.repeats, 20), "min_seconds": 0.5}
@@ -215,10 +215,11 @@ def measure_all(args, manifest, bundle_dir: Path, backends: list[str], work: Pat
     for name in backends:
         _log(args, f"stp-bench: {name} ...")
         if name == "baseline":
-            one = stages.baseline_encoder(manifest)
-            note = "naive loop: each crop resized and encoded alone, open_clip fp32"
-            t = in_turns.get(name) or stages.measure(lambda one=one: one(frame), "encode", "baseline", "sampled frame",
-                                                     note=note, **kw)  # fmt: skip
+            t = in_turns.get(name)
+            if t is None:  # not timed in turns: open_clip loaded only now
+                one = stages.baseline_encoder(manifest)
+                t = stages.measure(lambda one=one: one(frame), "encode", "baseline", "sampled frame",
+                                   note=turns.BASELINE_NOTE, **kw)  # fmt: skip
             timings.append(t)
             per_backend[name] = {"encode": t}
             continue

@@ -8,6 +8,7 @@ session factory): the references are computed by the caller.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -82,13 +83,19 @@ def describe(name: str, gate: dict) -> str:
     return f"gate {name}: {value} ({'pass' if gate['passed'] else 'FAIL'}, limit {gate['threshold']})"
 
 
-def require_passed(gates: dict[str, dict]) -> None:
-    """Raise one UserError naming every failed gate (the export then writes no manifest)."""
+def failed_gates(gates: dict[str, Any]) -> list[str]:
+    """"name value (needs op threshold)" for every gate record that did not pass (export and engine gates alike)."""
     failed = []
     for name, g in gates.items():
         if isinstance(g, dict) and g.get("passed") is False:
             value = g.get("min", g.get("max_abs"))
             op = ">=" if "min" in g else "<="
             failed.append(f"{name} {value:.6g} (needs {op} {g['threshold']})")
+    return failed
+
+
+def require_passed(gates: dict[str, dict]) -> None:
+    """Raise one UserError naming every failed gate (the export then writes no manifest)."""
+    failed = failed_gates(gates)
     if failed:
         raise UserError("accuracy gate failed: " + "; ".join(failed) + "; no manifest written")

@@ -87,11 +87,9 @@ def gate_engine(manifest: Manifest, compiled, thresholds: dict[str, float], prov
 
 def require_gates(name: str, gates: dict[str, Any], int8: bool) -> None:
     """One UserError naming every failed gate and what to try instead; nothing has been written then."""
-    failed = []
-    for gate, g in gates.items():
-        if isinstance(g, dict) and g.get("passed") is False:
-            value, op = (g["min"], ">=") if "min" in g else (g["max_abs"], "<=")
-            failed.append(f"{gate} {value:.6g} (needs {op} {g['threshold']})")
+    from ..bundle.gates import failed_gates
+
+    failed = failed_gates(gates)
     if failed:
         instead = ("calibrate on other footage with --calibrate, or use the bf16 engine: stp-build --openvino" if int8
                    else "run the fp32 graph on ONNX Runtime: stp-run --engine model.onnx")  # fmt: skip

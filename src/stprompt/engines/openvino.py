@@ -78,8 +78,8 @@ def _no_usage_telemetry():
 
 
 def require_openvino():
-    """The openvino module (2024.4 or newer), imported with its usage telemetry off, or one UserError naming the
-    extra."""
+    """The openvino module (pyproject.toml pins the versions we test), imported with its usage telemetry off, or
+    one UserError naming the extra."""
     try:
         with _no_usage_telemetry():
             import openvino as ov
@@ -284,9 +284,12 @@ def build_openvino_engine(
         holdout = data.holdout
     staged = _partial(xml)
     try:
-        ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
-        compiled = core.compile_model(core.read_model(os.fspath(staged)), "CPU",
-                                      compile_properties(job.inference_precision, job.hint))  # fmt: skip
+        try:
+            ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
+            compiled = core.compile_model(core.read_model(os.fspath(staged)), "CPU",
+                                          compile_properties(job.inference_precision, job.hint))  # fmt: skip
+        except RuntimeError as err:  # OpenVINO's own errors: one line, and the appliance falls back to ONNX Runtime
+            raise UserError(f"{xml.name}: OpenVINO cannot save or compile it: {first_line(err)}") from None
         provider = f"OpenVINO CPU ({job.precision}, {job.inference_precision} hint)"
         gates = gate_engine(manifest, compiled, job.thresholds, provider, holdout, log)
         require_gates(xml.name, gates, opts.int8)

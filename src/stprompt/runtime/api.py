@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..bundle.engine_keys import DEFAULT_MAX_BATCH
 from .detector import AlarmSettings, Detector
 
 if TYPE_CHECKING:
@@ -45,8 +46,14 @@ if TYPE_CHECKING:
 
 
 # crops: the largest encoder call a backend is opened for unless max_batch says (backends split larger ones), and
-# the calls the Detector makes where batching pays (a GPU, a remote server)
-MAX_BATCH = 256
+# the calls the Detector makes where batching pays (a GPU, a remote server): the engine builds' own default
+MAX_BATCH = DEFAULT_MAX_BATCH
+
+
+def opened_batch(max_batch: int | None) -> int:
+    """The largest encoder call to open a backend for: the caller's --max-batch (0 and below are refused by
+    open_backend in one line), else MAX_BATCH."""
+    return MAX_BATCH if max_batch is None else max_batch
 
 
 def default_max_batch(backend) -> int:
@@ -81,9 +88,9 @@ def open_detector(
     from .backends import open_backend
     from .gating import REFRESH_DEFAULT
 
-    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch or MAX_BATCH, triton=triton)
+    backend, manifest = open_backend(engine, providers=providers, max_batch=opened_batch(max_batch), triton=triton)
     refresh = REFRESH_DEFAULT if gate_refresh is None else gate_refresh
-    max_batch = max_batch or default_max_batch(backend)
+    max_batch = default_max_batch(backend) if max_batch is None else max_batch
     return Detector(backend, manifest, lookahead=lookahead, alarm=alarm, max_batch=max_batch, gate=gate,
                     gate_refresh=refresh)  # fmt: skip
 
@@ -120,9 +127,10 @@ def open_pipeline(
     from .pipeline import build_pipeline
     from .sinks import Status
 
-    backend, manifest = open_backend(engine, providers=providers, max_batch=max_batch or MAX_BATCH, triton=triton,
+    backend, manifest = open_backend(engine, providers=providers, max_batch=opened_batch(max_batch), triton=triton,
                                      triton_options={"reconnect": reconnect, **(triton_options or {})})  # fmt: skip
+    calls = default_max_batch(backend) if max_batch is None else max_batch
     return build_pipeline(backend, manifest, sources, outputs, lookahead=lookahead, alarm=alarm, localize=localize,
-                          max_batch=max_batch or default_max_batch(backend), gate=gate, gate_refresh=gate_refresh,
+                          max_batch=calls, gate=gate, gate_refresh=gate_refresh,
                           status=Status(False) if status else None,
                           on_frame=on_frame, reconnect=reconnect)  # fmt: skip

@@ -193,11 +193,11 @@ def run_check(args, backend, manifest) -> int:
 
     from .. import windows
     from ..sampling import is_sampled
-    from .api import MAX_BATCH
+    from .api import opened_batch
     from .backends import open_backend, parity
     from .sources import open_source
 
-    other, _ = open_backend(args.check, max_batch=args.max_batch or MAX_BATCH)
+    other, _ = open_backend(args.check, max_batch=opened_batch(args.max_batch))
     src = open_source(args.sources[0], reconnect=0)  # frames now or a clear error, never a wait
     crops = []
     try:
@@ -342,7 +342,7 @@ def serve_metrics(address: str | None) -> Metrics | None:
 
 def run(args: argparse.Namespace, metrics: Metrics | None = None) -> int:
     """The engine, then the --check comparison or the pipeline run; stp-run's exit status."""
-    from .api import MAX_BATCH, default_max_batch
+    from .api import default_max_batch, opened_batch
     from .backends import open_backend
     from .backends.base import EncoderUnavailable
     from .pipeline import build_pipeline
@@ -350,13 +350,13 @@ def run(args: argparse.Namespace, metrics: Metrics | None = None) -> int:
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     triton = {"timeout_s": args.triton_timeout, "in_flight": args.triton_in_flight, "reconnect": args.reconnect}
-    backend, manifest = open_backend(args.engine, providers=providers, max_batch=args.max_batch or MAX_BATCH,
+    backend, manifest = open_backend(args.engine, providers=providers, max_batch=opened_batch(args.max_batch),
                                      device=args.device, precision=args.precision, triton=args.triton,
                                      triton_options=triton)  # fmt: skip
     if args.check:
         return run_check(args, backend, manifest)
     alarm, loc = _settings(args, manifest)
-    max_batch = args.max_batch or default_max_batch(backend)
+    max_batch = default_max_batch(backend) if args.max_batch is None else args.max_batch
     pipeline = build_pipeline(backend, manifest, args.sources, _outputs(args), lookahead=args.lookahead, alarm=alarm,
                               localize=loc, max_batch=max_batch, gate=args.gate,
                               gate_refresh=args.gate_refresh, status=Status(args.quiet),

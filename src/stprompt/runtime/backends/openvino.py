@@ -23,8 +23,7 @@ from ...bundle.openvino_keys import OPENVINO_ROLES, ir_is_current, recorded_key
 from ...bundle.ort import CPU
 from ...engines import openvino as ov_engines
 from ...errors import UserError, first_line
-from .base import BackendBase
-from .ort import OrtHeads
+from .ort import HostHeadsBackend
 
 
 def open_openvino(xml: Path, manifest: Manifest, max_batch: int | None) -> OpenVinoBackend:
@@ -42,7 +41,7 @@ def missing_ir(xml: Path, bundle: Path | str) -> str:
             f"--openvino{int8} {bundle} (or let the CPU container / stp-appliance build it on its first start)")
 
 
-class OpenVinoBackend(BackendBase):
+class OpenVinoBackend(HostHeadsBackend):
     """An OpenVINO IR built by `stp-build --openvino` for this bundle, OpenVINO version and CPU."""
 
     def __init__(self, xml: Path, manifest: Manifest, role: str, max_batch: int | None):
@@ -71,8 +70,7 @@ class OpenVinoBackend(BackendBase):
         self.precision, self.hint = record["precision"], record["hint"]
         self.host_encoder = True
         self.name = f"openvino[CPU,{self.precision},{self.hint},{len(self._infer_requests)} requests]"
-        self._heads = OrtHeads(manifest, [CPU])
-        self.head_stages = self._heads.stages
+        self._open_heads(manifest, [CPU])
         self._lock = threading.Lock()  # one request set: calls from several threads take turns
 
     def _encode_batch(self, images: np.ndarray) -> np.ndarray:
@@ -91,13 +89,7 @@ class OpenVinoBackend(BackendBase):
             request.wait()
         return np.concatenate([np.array(r.get_output_tensor(0).data, np.float32) for r in requests], axis=0)
 
-    def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
-        return self._heads.head(x_clip, x_patch)
-
-    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
-        return self._heads.head_features(x_clip, x_as)
-
     def close(self) -> None:
         self._infer_requests = []
         self._compiled = None
-        self._heads.close()
+        super().close()

@@ -29,8 +29,7 @@ import numpy as np
 from ...bundle.manifest import Manifest, load_manifest
 from ...bundle.ort import CPU
 from ...errors import UserError
-from .base import BackendBase
-from .ort import OrtHeads
+from .ort import HostHeadsBackend
 
 CROPS_PER_HOLD = 50  # `sim:MS` holds MS milliseconds per this many crops (1 + 49: one sampled frame's encoder input)
 PREFIX = "sim:"
@@ -57,7 +56,7 @@ def parse_sim(name: str) -> SimSpec | None:
     return SimSpec(float(m.group(1)), m.group(2) == ":device", m.group(2) == ":u8")
 
 
-class SimBackend(BackendBase):
+class SimBackend(HostHeadsBackend):
     """Encoder calls that sleep `ms_per_50` ms per 50 crops and return fixed embeddings; real heads (ONNX Runtime)."""
 
     def __init__(self, manifest: Manifest, ms_per_50: float, max_batch: int | None = None, device: bool = False,
@@ -80,8 +79,7 @@ class SimBackend(BackendBase):
         rng = np.random.default_rng(0)
         bank = rng.standard_normal((CROPS_PER_HOLD, self.dim)).astype(np.float32)
         self._bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
-        self._heads = OrtHeads(manifest, [CPU])
-        self.head_stages = self._heads.stages
+        self._open_heads(manifest, [CPU])
 
     def hold_s(self, crops: int) -> float:
         """Seconds one call over `crops` crops holds."""
@@ -103,15 +101,6 @@ class SimBackend(BackendBase):
         if hold > 0:
             time.sleep(hold)  # releases the GIL, burns no CPU: what a thread waiting on a GPU does
         return self._bank[np.arange(crops) % CROPS_PER_HOLD]
-
-    def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
-        return self._heads.head(x_clip, x_patch)
-
-    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
-        return self._heads.head_features(x_clip, x_as)
-
-    def close(self) -> None:
-        self._heads.close()
 
 
 def open_simulated(bundle: str | os.PathLike, ms_per_50: float, max_batch: int | None = None,

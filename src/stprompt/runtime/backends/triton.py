@@ -33,8 +33,8 @@ from ...bundle.serving import ENCODER_MODEL, served_encoder_problems, served_inp
 from ...errors import UserError, inform
 from ..events import engine_event
 from ..sources import BACKOFF_JITTER, DEFAULT_BACKOFF, reconnect_attempts
-from .base import BackendBase, EncoderUnavailable
-from .ort import OrtHeads
+from .base import EncoderUnavailable
+from .ort import HostHeadsBackend
 
 DEFAULT_PORT = 8001
 DEFAULT_TIMEOUT_S = 30.0  # one request's deadline: a ViT-B/16 batch on a busy GPU takes well under a second
@@ -74,7 +74,7 @@ def _import_grpcclient():
     return grpcclient
 
 
-class TritonBackend(BackendBase):
+class TritonBackend(HostHeadsBackend):
     """The encoder through `tritonclient.grpc`; the heads on ONNX Runtime here (`OrtHeads`)."""
 
     def __init__(self, url: str, manifest: Manifest, *, providers: Sequence[str] | None = None,
@@ -105,8 +105,7 @@ class TritonBackend(BackendBase):
         self._config: dict[str, Any] = {}  # the served model config checked last
         self._connect_first()
         providers = resolve_providers(providers, require_ort().get_available_providers()) if providers else [CPU]
-        self._heads = OrtHeads(manifest, providers)
-        self.head_stages = self._heads.stages
+        self._open_heads(manifest, providers)
         self.name = f"triton[{self.url} {self.role}]"
 
     # -- the pipeline's hooks ------------------------------------------------------------------------
@@ -148,17 +147,11 @@ class TritonBackend(BackendBase):
             self._failed = EncoderUnavailable(str(err), gave_up=True)
             raise self._failed from None
 
-    def head(self, x_clip: np.ndarray, x_patch: np.ndarray) -> dict[str, np.ndarray]:
-        return self._heads.head(x_clip, x_patch)
-
-    def head_features(self, x_clip: np.ndarray, x_as: np.ndarray) -> dict[str, np.ndarray] | None:
-        return self._heads.head_features(x_clip, x_as)
-
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-        self._heads.close()
+        super().close()
 
     # -- connection -----------------------------------------------------------------------------------
     def _connect_first(self) -> None:
