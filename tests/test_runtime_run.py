@@ -335,10 +335,14 @@ def test_the_cpu_encoder_gets_one_sampled_frame_per_call(chain):
     per_frame = windows.crops_per_frame(pre=detector.preprocess)
     assert detector.max_batch == per_frame == default_max_batch(detector.backend)
     assert detector.backend.host_encoder  # ONNX Runtime on the CPU provider
-    for device_encoder in ("tensorrt", "onnxruntime[CUDAExecutionProvider,CPUExecutionProvider]", "torch-cuda-fp16"):
-        backend = SimpleNamespace(name=device_encoder, host_encoder=False, preprocess=detector.preprocess)
-        assert default_max_batch(backend) == MAX_BATCH
-    backend = SimpleNamespace(name="torch-cpu-fp32", host_encoder=True, preprocess=detector.preprocess)
+    from stprompt.runtime.backends.sim import open_simulated
+    from stprompt.runtime.backends.trt import TrtBackend
+
+    simulated_gpu = open_simulated(str(chain["stem"]) + ".json", 0.0)  # the GPU stand-in: an encoder off the host
+    assert default_max_batch(simulated_gpu) == MAX_BATCH
+    simulated_gpu.close()
+    assert TrtBackend.host_encoder is False  # TensorRT keeps its large calls
+    backend = SimpleNamespace(host_encoder=True, preprocess=detector.preprocess)  # e.g. PyTorch on cpu
     assert default_max_batch(backend) == per_frame
 
 

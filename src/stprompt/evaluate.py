@@ -167,9 +167,9 @@ def heat_colour_key():
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
-    from .draw import HEAT_ALPHA
+    from .draw import HEAT_ALPHA, HEAT_COLORMAP_NAME
 
-    rgba = colormaps["turbo"](np.linspace(0, 1, 256))
+    rgba = colormaps[HEAT_COLORMAP_NAME](np.linspace(0, 1, 256))
     rgba[:, 3] = HEAT_ALPHA * np.linspace(0, 1, 256)
     return ListedColormap(rgba, name="stp-heat")
 
@@ -183,11 +183,14 @@ def frame_figure(image_bgr: np.ndarray, title: str, truth, predicted, no_predict
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
+    from .draw import GREEN
+
+    truth_colour = "#{:02x}{:02x}{:02x}".format(*GREEN[::-1])  # the runtime's BGR green, as matplotlib's RGB hex
     h, w = image_bgr.shape[:2]
     fig, ax = _pyplot().subplots(figsize=(4.2 * w / h + 1.6, 4.9), dpi=100)
     ax.imshow(image_bgr[..., ::-1])
     ax.set_axis_off()
-    for colour, boxes in (("#00c800", truth), ("red", predicted)):
+    for colour, boxes in ((truth_colour, truth), ("red", predicted)):
         for b in boxes:
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor=colour, lw=2))
             if colour == "red" and len(b) > 4:
@@ -196,7 +199,7 @@ def frame_figure(image_bgr: np.ndarray, title: str, truth, predicted, no_predict
                 ax.text(b[0] + 2, b[1] + 2 if inside else b[1] - 2, f"{b[4]:.2f}", color="white", fontsize=8,
                         va="top" if inside else "bottom", bbox=plate)  # fmt: skip
     handles = [
-        Line2D([], [], color="#00c800", lw=2, label="ground truth box" + ("" if len(truth) else " (none here)")),
+        Line2D([], [], color=truth_colour, lw=2, label="ground truth box" + ("" if len(truth) else " (none here)")),
         Line2D([], [], color="red", lw=2, label="predicted box (score)" if len(predicted) else no_prediction),
     ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=1, fontsize=8, frameon=False)
@@ -362,7 +365,7 @@ def plot_localization(
             title = (f"{p.video.path} ({_truth_caption(p.video)})\nframe {frame_index}: score {score:.2f}, alarm "
                      f"threshold {threshold:g}; heat {heat.min():.2f} to {heat.max():.2f} here")  # fmt: skip
             why = ("predicted box: none (score below the alarm threshold)" if score < threshold
-                   else "predicted box: none (no heat above --heat-threshold)")  # fmt: skip
+                   else "predicted box: none (no region above --heat-threshold and --min-box-area)")  # fmt: skip
             fig = frame_figure(overlay_heat(frame, heat), title, p.video.boxes.get(frame_index, []),
                                vb.boxes.get(k, []), why)  # fmt: skip
             fig.savefig(out_dir / f"{p.video.id}_f{frame_index:06d}.png", bbox_inches="tight")

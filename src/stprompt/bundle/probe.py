@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..windows import crops_per_frame, encoder_batch, fill_pixel_batch, resize_frame
+from ..windows import encoder_batch, pixel_batch
 from .preprocess import DEFAULT, Preprocess
 
 PROBE_SEED = 1234
@@ -55,8 +55,4 @@ def probe_pixels(n_frames: int = 2, pre: Preprocess = DEFAULT) -> np.ndarray:
     normalises on its device (`model.pre.onnx`) is fed; normalised they are exactly `probe_batch`'s."""
     if n_frames < 1:
         raise ValueError("the probe needs at least one frame")
-    per = crops_per_frame(pre=pre)
-    out = np.empty((n_frames * per, pre.size, pre.size, 3), np.uint8)
-    for k in range(n_frames):
-        fill_pixel_batch(resize_frame(probe_frame(k)), out[k * per : (k + 1) * per], pre=pre)
-    return out
+    return np.concatenate([pixel_batch(probe_frame(k), pre=pre) for k in range(n_frames)], axis=0)

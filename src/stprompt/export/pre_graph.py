@@ -50,16 +50,18 @@ def write_pre_graph(path: str | os.PathLike, pre: Preprocess) -> None:
         fh.write(model.SerializeToString())
 
 
-def fuse_pre_graph(pre_path: str | os.PathLike, encoder_path: str | os.PathLike, out: str | os.PathLike) -> None:
+def fuse_pre_graph(pre: bytes, encoder: bytes, out: str | os.PathLike, name: str = "the encoder graph") -> None:
     """One graph `pixels` (uint8 BGR crops) -> `embeddings`: the preprocessing graph in front of an encoder graph,
     for a server that hosts the encoder as one model (Triton): clients then send a quarter of the bytes and skip
-    the normalisation, and the numbers are the two graphs' own. Raises UserError when the graphs cannot be joined."""
+    the normalisation, and the numbers are the two graphs' own. The graphs come as bytes (the caller checked their
+    sha256 on the same bytes); `name` names the encoder graph in the one-line UserError when they cannot be
+    joined."""
     import onnx
     from onnx import compose
 
     from ..errors import UserError
 
-    pre, encoder = onnx.load(os.fspath(pre_path)), onnx.load(os.fspath(encoder_path))
+    pre, encoder = onnx.load_from_string(pre), onnx.load_from_string(encoder)
     pre.ir_version = encoder.ir_version  # the preprocessing graph uses nothing newer than IR 8 needs
     # the preprocessing graph's own tensors get a prefix; its input (pixels) and its output (the encoder's input)
     # keep their names, which is what joins the two
@@ -69,7 +71,7 @@ def fuse_pre_graph(pre_path: str | os.PathLike, encoder_path: str | os.PathLike,
                                      doc_string="stprompt: model.pre.onnx in front of the image encoder")  # fmt: skip
         onnx.checker.check_model(fused)
     except (ValueError, onnx.checker.ValidationError) as err:
-        raise UserError(f"{os.path.basename(os.fspath(encoder_path))}: cannot put the preprocessing graph in front "
-                        f"of it: {str(err).splitlines()[0]}") from None  # fmt: skip
+        raise UserError(f"{name}: cannot put the preprocessing graph in front of it: "
+                        f"{str(err).splitlines()[0]}") from None  # fmt: skip
     with open(out, "wb") as fh:
         fh.write(fused.SerializeToString())

@@ -336,9 +336,9 @@ class Pipeline:
         self._encoder = self.detector.encoder_thread = EncoderThread()
         active = list(self.sources)
         observer = self.observer
-        if observer is not None:
-            observer.started()
-        try:
+        try:  # from here on the finally below stops the readers and the encoder thread, whatever fails
+            if observer is not None:
+                observer.started()
             while active and not self._stop:
                 chunk: list[tuple[str, Frame]] = []
                 changes: list[tuple[Source, dict[str, Any]]] = []  # live sources' state changes in this batch

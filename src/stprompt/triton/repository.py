@@ -11,6 +11,7 @@ written in a temporary folder beside the output and renamed into place: no half-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -325,10 +326,13 @@ def _encoder_graph(manifest: Manifest, options: RepositoryOptions, role: str, ds
         return manifest.raw["files"][role]["sha256"]
     from ..export.pre_graph import fuse_pre_graph  # onnx: only when a repository is written
 
-    for source in ("encoder_pre", role):
-        if sha256_file(manifest.file(source)) != manifest.raw["files"][source]["sha256"]:
+    graphs = []
+    for source in ("encoder_pre", role):  # read once: the bytes checked are the bytes fused
+        data = manifest.file(source).read_bytes()
+        if hashlib.sha256(data).hexdigest() != manifest.raw["files"][source]["sha256"]:
             raise UserError(f"{manifest.file(source)}: its sha256 differs from the manifest's (changed meanwhile?)")
-    fuse_pre_graph(manifest.file("encoder_pre"), manifest.file(role), dst)
+        graphs.append(data)
+    fuse_pre_graph(*graphs, dst, name=manifest.file(role).name)
     return sha256_file(dst)
 
 
